@@ -290,10 +290,10 @@ def build_module(cfg: ModelConfig) -> NativeModel:
     tl_cfg = cfg.tl_config()
     native_cfg = copy.deepcopy(tl_cfg)
     if cfg.positions == "alibi":  # NativeModel knows only learned/rotary; ALiBi lives in attention
-        native_cfg.positional_embedding_type = "rotary"
+        native_cfg.positional_embedding_type = "standard"  # not "rotary": its tables need an even d_head
     model = NativeModel(native_cfg)
     if cfg.positions == "alibi":
-        model.rotary = None
+        model.pos = None  # no absolute positions either
     for block in model.layers:
         block.attn = ShiftAttention(tl_cfg, cfg, rotary=model.rotary)
     model.cfg = tl_cfg
@@ -394,8 +394,19 @@ def attention_layers(model: Model) -> list[ShiftAttention]:
 def bare_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """All persistent tensors under bare-module names (the bridge's own `state_dict()` drops
     anything not named weight/bias on a mapped component)."""
-    sd = nn.Module.state_dict(bare_module(model))
-    sd = {k.replace("_original_component.", ""): v for k, v in sd.items()}
+    root = bare_module(model)
+    sd = {}
+    for key, value in nn.Module.state_dict(root).items():
+        node, alias = root, False
+        for part in key.split(".")[:-1]:
+            # inside the bridge, a component's real module is `_original_component`; any other
+            # child path is an alias (e.g. MLPBridge's `in`/`out` for the native `fc_in`/`fc_out`)
+            if isinstance(node, GeneralizedComponent) and part != "_original_component":
+                alias = True
+                break
+            node = getattr(node, part)
+        if not alias:
+            sd[key.replace("_original_component.", "")] = value
     sd.pop("head.bias", None)  # a fixed zero buffer UnembeddingBridge adds; not a weight of ours
     return sd
 
@@ -458,14 +469,22 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[ModelConfig, dict[str, torc
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is a safetensors file but not a kvshift_lens model "
                          f"(format={meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-    return ModelConfig.from_dict(json.loads(meta["config"])), tensors, meta
+    try:
+        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    except (KeyError, ValueError, TypeError) as e:  # ConfigError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{path} has no valid kvshift_lens model config in its metadata ({e!r}); "
+                         f"the file is corrupt or was edited: re-save it with kvshift_lens.save_model") from None
+    return cfg, tensors, meta
 
 
 def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> TransformerBridge:
     """Rebuild the bridge saved by `save_model`, bit-identical weights."""
     cfg, tensors, _ = read_checkpoint(path)
     module = build_module(cfg)
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # size mismatch between the file's tensors and its config
+        raise ValueError(f"{path} does not match its own config ({e}); the file is corrupt or was edited") from None
     if missing or unexpected:
         raise ValueError(f"{path} does not match its own config: missing {missing}, unexpected "
                          f"{unexpected}; the file is corrupt or was edited")

@@ -1,0 +1,1 @@
+"""Hydra entry points: `python -m experiments.<name>`."""

@@ -1,0 +1,215 @@
+"""KV-shift path decomposition of attention heads and the mechanism of each induction head.
+
+A KV-shift head's logit q_t·K̂_s splits exactly into lag terms q_t·c_j K_{s-j} (α1: j = 0,
+α2: j = 1) and its output into β_j·pattern @ shift(V, j) @ W_O; `classify_heads` uses these to
+tell the one-layer shift mechanism (Xu et al., Theorem 2) from two-layer K-composition.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pandas as pd
+import torch
+from transformer_lens import ActivationCache, TransformerBridge
+from transformer_lens.utilities import get_act_name
+
+from kvshift_lens.detect import (
+    attention_patterns, direct_logits, head_scores, head_shift_coefficients, induction_rows,
+    induction_score, repeat_period, repeated_tokens, scored_mask,
+)
+from kvshift_lens.models import attention_layers, model_config, shift
+
+INDUCTION_THRESHOLD = 0.3  # induction_score of an induction head (uniform attention: ~1.4/T)
+PATH_THRESHOLD = 0.5  # alpha2 and beta1 fractions of a shift-mediated head
+PREVIOUS_THRESHOLD = 0.3  # previous_token_score of a K-composition source head
+COMPOSITION_DROP = 0.5  # share of the induction score lost when the source is cut from the keys
+
+
+def logit_terms(model: TransformerBridge, cache: ActivationCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention logits split by key lag: terms [lag, batch, head, q, k] (lag j: q_t·c_j K_{s-j} / scale,
+    rotary applied to each term) and the key-free bias [head or 1, q, k] (causal -inf, ALiBi).
+
+    terms.sum(0) + bias equals the layer's `hook_attn_scores`.
+    """
+    attn = attention_layers(model)[layer]
+    alpha, _ = head_shift_coefficients(model, layer)  # [head, lag]
+    q = cache[get_act_name("q", layer)]  # [batch, pos, head, d_head], before rotary
+    k = cache[get_act_name("k", layer)]  # [batch, pos, kv_head, d_head], before the shift
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)  # [batch, pos, head, d_head]
+    batch, seq = q.shape[:2]
+    positions = torch.arange(seq, device=q.device).expand(batch, seq)
+    q = q.transpose(1, 2)  # [batch, head, pos, d_head]
+    terms = []
+    for j in range(alpha.shape[1]):
+        k_j = (alpha[:, j, None] * shift(k, j)).transpose(1, 2)  # [batch, head, pos, d_head]
+        q_j = q
+        if attn.rotary is not None:
+            q_j, k_j = attn.rotary.apply_rope(q, k_j, position_ids=positions)
+        terms.append(q_j @ k_j.transpose(-2, -1) / attn.scale)
+    return torch.stack(terms), attn._bias(seq, q.device)
+
+
+def output_terms(model: TransformerBridge, cache: ActivationCache, layer: int) -> torch.Tensor:
+    """Per-head outputs split by value lag: [lag, batch, pos, head, d_model], lag j = pattern @ β_j·shift(V, j) @ W_O.
+
+    Summed over lags and heads, plus b_O, this equals the layer's `hook_attn_out`.
+    """
+    _, beta = head_shift_coefficients(model, layer)  # [head, lag]
+    pattern = cache[get_act_name("pattern", layer)]  # [batch, head, q, k]
+    v = cache[get_act_name("v", layer)]  # [batch, pos, kv_head, d_head], before the shift
+    v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)  # [batch, pos, head, d_head]
+    terms = []
+    for j in range(beta.shape[1]):
+        z = torch.einsum("bhqk,bkhd->bqhd", pattern, beta[:, j, None] * shift(v, j))
+        terms.append(torch.einsum("bqhd,hdm->bqhm", z, model.W_O[layer]))
+    return torch.stack(terms)
+
+
+def _fraction(part: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """part / total where the total is positive, NaN elsewhere (the head does not favour the target)."""
+    return torch.where(total > 0, part / total, torch.full_like(total, float("nan")))
+
+
+@torch.no_grad()
+def path_fractions(model: TransformerBridge, tokens: torch.Tensor) -> pd.DataFrame:
+    """Per head, at the scored `induction_rows` of a `[BOS] r r` batch: the share of the target key's logit
+    margin from shifted keys (alpha2_fraction) and of the direct target-token logit from the
+    attended tokens' own values (beta1_fraction), with the totals they divide.
+    """
+    tokens = tokens.to(model.W_E.device)
+    period, seq = repeat_period(tokens), tokens.shape[1]
+    _, cache = model.run_with_cache(tokens)
+    scored = scored_mask(tokens, period) & induction_rows(tokens)  # unambiguous, next token scored
+    b_idx, t_idx = scored.nonzero(as_tuple=True)  # R rows
+    s_idx = t_idx - period + 1  # induction target key of each row
+    answer = tokens[b_idx, t_idx + 1]  # [R]
+    keys = torch.arange(seq, device=tokens.device)
+    others = (keys[None] <= t_idx[:, None]) & (keys[None] != s_idx[:, None])  # [R, k] causal non-targets
+    scale = cache["ln_final.hook_scale"][b_idx, t_idx] if "ln_final.hook_scale" in cache.keys() else None  # [R, 1]
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        terms, bias = logit_terms(model, cache, layer)  # [lag, batch, head, q, k], [head or 1, q, k]
+        parts = torch.cat([terms, bias.expand_as(terms[0])[None]])  # [lag+1, batch, head, q, k]
+        sel = parts.permute(1, 3, 0, 2, 4)[b_idx, t_idx]  # [R, lag+1, head, k]
+        target = sel.gather(-1, s_idx[:, None, None, None].expand(*sel.shape[:-1], 1))[..., 0]
+        rest = torch.where(others[:, None, None], sel, 0.0).sum(-1) / others.sum(-1)[:, None, None]
+        margin = (target - rest).sum(0)  # [lag+1, head] summed over rows
+        outs = output_terms(model, cache, layer).permute(1, 2, 0, 3, 4)[b_idx, t_idx]  # [R, lag, head, d_model]
+        logits = direct_logits(model, outs, scale[:, None, None] if scale is not None else None)
+        dla = logits.gather(-1, answer[:, None, None, None].expand(*logits.shape[:-1], 1))[..., 0]
+        dla = (dla - logits.mean(-1)).sum(0)  # [lag, head] mean-centred answer logit, summed over rows
+        alpha2 = _fraction(margin[1:-1].sum(0), margin.sum(0))
+        beta1 = _fraction(dla[0], dla.sum(0))
+        for h in range(margin.shape[1]):
+            rows.append((layer, h, alpha2[h].item(), beta1[h].item(),
+                         margin[:, h].sum().item() / len(b_idx), dla[:, h].sum().item() / len(b_idx)))
+    return pd.DataFrame(rows, columns=["layer", "head", "alpha2_fraction", "beta1_fraction",
+                                       "target_logit_margin", "answer_logit"])
+
+
+def composition_baseline(model: TransformerBridge, samples: int = 256, seed: int = 0) -> float:
+    """Chance-level K-composition: mean TL composition score ||LR||/(||L||·||R||) of Gaussian
+    L = W_V W_O and R = W_K W_Qᵀ with this model's head shapes."""
+    cfg = model_config(model)
+    g = torch.Generator().manual_seed(seed)
+    w = lambda *shape: torch.randn(samples, *shape, generator=g)  # noqa: E731
+    left = w(cfg.d_model, cfg.d_head) @ w(cfg.d_head, cfg.d_model)  # [samples, d_model, d_model]
+    right = w(cfg.d_model, cfg.d_head) @ w(cfg.d_head, cfg.d_model)
+    norm = torch.linalg.matrix_norm  # Frobenius
+    return (norm(left @ right) / norm(left) / norm(right)).mean().item()
+
+
+@torch.no_grad()
+def key_path_drop(model: TransformerBridge, tokens: torch.Tensor, sources: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Relative drop of each head's induction_score when the summed output of the `sources` heads
+    is replaced by its mean over batch and positions in the key input of one later layer at a
+    time: [layer, head], NaN for layers not after every source. The causal test of K-composition."""
+    tokens = tokens.to(model.W_E.device)
+    first = max(layer for layer, _ in sources) + 1
+    z_names = {layer: get_act_name("z", layer) for layer, _ in sources}
+    names = list(z_names.values()) + [get_act_name("resid_pre", layer) for layer in range(first, model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    out = sum(cache[z_names[l]][:, :, h] @ model.W_O[l, h] for l, h in sources)  # [batch, pos, d_model]
+    delta = out.mean((0, 1)) - out  # swaps the sources' output for its mean
+    clean = induction_score(attention_patterns(model, tokens), tokens)  # [layer, head]
+    drop = torch.full_like(clean, float("nan"))
+    for layer in range(first, model.cfg.n_layers):
+        x = model.blocks[layer].ln1.original_component(cache[get_act_name("resid_pre", layer)] + delta)
+        keys = torch.einsum("bpm,hmd->bphd", x, model.W_K[layer]) + model.b_K[layer]  # [batch, pos, kv_head, d_head]
+        with model.hooks(fwd_hooks=[(get_act_name("k", layer), lambda k, hook, keys=keys: keys)]):
+            ablated = induction_score(attention_patterns(model, tokens)[:, layer], tokens)
+        drop[layer] = 1 - ablated / clean[layer]
+    return drop
+
+
+def _composition_evidence(
+    model: TransformerBridge, tokens: torch.Tensor, induction: torch.Tensor, previous: torch.Tensor,
+) -> dict[str, list]:
+    """Columns for `classify_heads` from bool [layer, head] grids of induction and previous-token heads:
+    k_path_drop (all earlier heads cut from the keys), composition_source (the previous-token head
+    whose cut costs most), its source_drop and TL K-composition / chance. NaN or "" off induction heads.
+    """
+    n_layers, n_heads = induction.shape
+    nan = torch.full(induction.shape, float("nan"))
+    joint, best, source = nan.clone(), nan.clone(), torch.full(induction.shape, -1)
+    for layer in range(1, n_layers):
+        earlier = [(l, h) for l in range(layer) for h in range(n_heads)]
+        joint[layer] = key_path_drop(model, tokens, earlier)[layer].cpu()
+    for flat in previous[:-1].flatten().nonzero().flatten().tolist():
+        drop = key_path_drop(model, tokens, [divmod(flat, n_heads)]).cpu()  # NaN up to the source's layer
+        source[drop > best.nan_to_num(float("-inf"))] = flat
+        best = torch.fmax(best, drop)
+    source[~induction] = -1  # relative drops of near-zero scores are noise
+    k_comp = model.all_composition_scores("K").scores.flatten(0, 1).cpu() / composition_baseline(model)
+    ratio, found = nan.clone(), (source >= 0).nonzero()  # found: [n, 2] (layer, head)
+    ratio[found[:, 0], found[:, 1]] = k_comp[source[found[:, 0], found[:, 1]], found[:, 0], found[:, 1]]
+    return {
+        "k_path_drop": joint.where(induction, float("nan")).flatten().tolist(),
+        "composition_source": [f"L{i // n_heads}H{i % n_heads}" if i >= 0 else "" for i in source.flatten().tolist()],
+        "source_drop": best.where(source >= 0, float("nan")).flatten().tolist(),
+        "k_composition_ratio": ratio.flatten().tolist(),
+    }
+
+
+@torch.no_grad()
+def classify_heads(
+    model: TransformerBridge,
+    tokens: Optional[torch.Tensor] = None,
+    *,
+    seq_len: Optional[int] = None,
+    batch_size: int = 32,
+    seed: int = 0,
+    induction_threshold: float = INDUCTION_THRESHOLD,
+    path_threshold: float = PATH_THRESHOLD,
+    previous_threshold: float = PREVIOUS_THRESHOLD,
+    composition_drop: float = COMPOSITION_DROP,
+) -> pd.DataFrame:
+    """One row per head: scores, path fractions, K-composition evidence and `mechanism`.
+
+    Induction heads (induction_score >= threshold) are "shift-mediated" when alpha2_fraction and
+    beta1_fraction both reach path_threshold, else "composition-mediated" when an earlier
+    previous-token head exists and cutting all earlier heads from their key input removes
+    >= composition_drop of their induction score (`key_path_drop`); all other heads are "none".
+    """
+    cfg = model_config(model)
+    if tokens is None:
+        generator = torch.Generator().manual_seed(seed)
+        tokens = repeated_tokens(batch_size, ((seq_len or cfg.n_ctx) - 1) // 2, cfg.d_vocab, generator)
+    scores = head_scores(model, tokens, metrics=("induction_score", "previous_token_score"))
+    table = scores.pivot_table(index=["layer", "head"], columns="metric", values="value").reset_index()
+    table = table.merge(path_fractions(model, tokens), on=["layer", "head"])
+    table.columns.name = None
+    grid = lambda column: torch.tensor(table[column].to_numpy()).view(cfg.n_layers, cfg.n_heads)  # noqa: E731
+    induction = grid("induction_score") >= induction_threshold
+    table["is_induction"] = induction.flatten().tolist()
+    previous = grid("previous_token_score") >= previous_threshold
+    table = table.assign(**_composition_evidence(model, tokens, induction, previous))
+    shift_mediated = (table["alpha2_fraction"] >= path_threshold) & (table["beta1_fraction"] >= path_threshold)
+    composed = (table["composition_source"] != "") & (table["k_path_drop"] >= composition_drop)
+    table["mechanism"] = "none"
+    table.loc[table["is_induction"] & composed, "mechanism"] = "composition-mediated"
+    table.loc[table["is_induction"] & shift_mediated, "mechanism"] = "shift-mediated"
+    return table[["layer", "head", "mechanism", "is_induction", "induction_score", "previous_token_score",
+                  "alpha2_fraction", "beta1_fraction", "target_logit_margin", "answer_logit",
+                  "k_path_drop", "composition_source", "source_drop", "k_composition_ratio"]]

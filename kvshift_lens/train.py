@@ -1,0 +1,317 @@
+"""Train a bare kvshift_lens model on a synthetic task, resumably and reproducibly.
+
+The bare module trains with SDPA attention; checkpoints are `save_model` files, so any of them
+reloads as a TransformerBridge for analysis. Re-running `train` on the same run directory
+resumes from the rolling `resume.pt` and ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from kvshift_lens.models import ConfigError, ModelConfig, build_module, constrain_, save_model
+from kvshift_lens.tasks import Batch, TaskConfig, make_task
+
+METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping knobs (the hydra `train` group schema)."""
+
+    steps: int = 1500  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    batch_size: int = 64  # sequences per step
+    warmup: int = 50  # linear warmup steps
+    schedule: str = "constant"  # after warmup: "constant" | "cosine" (to min_lr_ratio·lr)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, shift coefficients)
+    beta1: float = 0.9  # AdamW β1 (paper 0.9)
+    beta2: float = 0.95  # AdamW β2 (paper 0.95)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    loss_on: str = "all"  # "all" next tokens | "scored" positions only
+    eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
+    eval_size: int = 512  # held-out sequences, fixed per seed
+    n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first field that cannot work and how to fix it."""
+        for name in ("steps", "batch_size", "eval_every", "eval_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.warmup < 0:
+            raise ConfigError(f"train.warmup={self.warmup} must be >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"train.schedule={self.schedule!r} must be 'constant' or 'cosine'")
+        if self.loss_on not in ("all", "scored"):
+            raise ConfigError(f"train.loss_on={self.loss_on!r} must be 'all' or 'scored'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto")
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then constant or cosine."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    floor = cfg.min_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """Step 0 plus ~n log-spaced steps up to `steps` (dense early, where circuits form)."""
+    if n <= 0:
+        return []
+    grid = np.unique(np.round(np.geomspace(1, steps, n)).astype(int))
+    return sorted({0, *grid.tolist(), steps})
+
+
+def check_compatible(model: ModelConfig, task: TaskConfig) -> None:
+    """Reject model/task pairs that cannot run together, naming the field to change."""
+    if task.seq_len > model.n_ctx:
+        raise ConfigError(
+            f"task.seq_len={task.seq_len} exceeds model.n_ctx={model.n_ctx}; "
+            f"set model.n_ctx>={task.seq_len} or shorten the task"
+        )
+    if task.d_vocab > model.d_vocab:
+        raise ConfigError(
+            f"task.d_vocab={task.d_vocab} exceeds model.d_vocab={model.d_vocab}; set model.d_vocab>={task.d_vocab}"
+        )
+
+
+def batch_loss(logits: torch.Tensor, batch: Batch, on: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy (over all or scored positions), scored accuracy and count.
+
+    logits [batch, pos, vocab]; position t predicts tokens[:, t+1].
+    """
+    pred = logits[:, :-1]  # [batch, pos-1, vocab]
+    target = batch.tokens[:, 1:]  # [batch, pos-1]
+    scored = batch.mask[:, :-1]  # [batch, pos-1]
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
+    ce = ce.view_as(target)
+    loss = ce.mean() if on == "all" else ce[scored].mean()
+    correct = (pred.argmax(-1) == target) & scored
+    return loss, correct.sum(), scored.sum()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str) -> tuple[float, float]:
+    """Mean eval loss and scored-position accuracy over a fixed list of batches."""
+    was_training = model.training
+    model.eval()
+    losses, correct, total = [], 0, 0
+    for batch in eval_batches:
+        loss, c, n = batch_loss(model(batch.tokens), batch, loss_on)
+        losses.append(loss.item())
+        correct, total = correct + c.item(), total + n.item()
+    model.train(was_training)
+    return float(np.mean(losses)), correct / max(total, 1)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices, not on biases, norm gains or shift coefficients."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or "_shift." in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def git_commit() -> str:
+    """HEAD commit of the source tree this package runs from ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    """Rows of metrics.csv with step <= upto (rows past the resume point are recomputed)."""
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume(path: Path) -> dict:
+    """Read a rolling resume checkpoint (tensors and plain data only), or one clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/foreign files
+        raise ValueError(f"{path} is corrupt or not a kvshift_lens resume checkpoint ({type(e).__name__}); "
+                         f"delete it to restart this run from its last model checkpoint or from scratch") from None
+
+
+def train(
+    model_cfg: ModelConfig,
+    task_cfg: TaskConfig,
+    cfg: TrainConfig,
+    run_dir: os.PathLike | str,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) one run in `run_dir`; return its summary (also written to summary.json).
+
+    Writes metrics.csv (one row per evaluation), checkpoints/step_XXXXXXX.safetensors at
+    log-spaced steps, a rolling resume.pt, and summary.json at the end.
+    """
+    cfg.validate()
+    model_cfg.validate()
+    check_compatible(model_cfg, task_cfg)
+    task = make_task(task_cfg)
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+
+    model = build_module(model_cfg).to(device)
+    model.train()
+    opt = make_optimizer(model, cfg)
+    data_gen = torch.Generator().manual_seed(model_cfg.seed)
+    eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
+    eval_batches = [
+        _to(task.sample(min(cfg.batch_size, cfg.eval_size - i), eval_gen), device)
+        for i in range(0, cfg.eval_size, cfg.batch_size)
+    ]
+    ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
+    metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
+
+    run_config = json.dumps({"model": model_cfg.to_dict(), "task": dataclasses.asdict(task_cfg),
+                             "train": dataclasses.asdict(cfg)}, sort_keys=True)
+    identity = json.loads(run_config)
+    for where in ("threads", "device"):  # where a run executes does not change what it computes
+        identity["train"].pop(where)
+    step, train_seconds, rows, recent = 0, 0.0, [], []
+    if resume_path.exists():
+        state = load_resume(resume_path)
+        if state.get("config") != json.dumps(identity, sort_keys=True):
+            raise ConfigError(f"{run_dir} holds a run with a different config; resume it with its own "
+                              f"config, or pick a fresh run directory (hydra.run.dir=...)")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        data_gen.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])  # unused by our code; kept for user hooks
+        step, train_seconds, recent = int(state["step"]), float(state["train_seconds"]), list(state["recent"])
+        rows = _read_metrics(metrics_path, step)
+    (run_dir / "config.json").write_text(json.dumps(json.loads(run_config), indent=2))
+    started = time.perf_counter()
+
+    def log_eval() -> dict:
+        eval_loss, acc = evaluate(model, eval_batches, cfg.loss_on)
+        row = {"step": step, "train_loss": float(np.mean(recent)) if recent else float("nan"),
+               "eval_loss": eval_loss, "induction_acc": acc, "lr": lr_at(max(step - 1, 0), cfg),
+               "train_seconds": round(train_seconds, 3)}
+        rows.append(row)
+        _write_metrics(metrics_path, rows)
+        return row
+
+    if step == 0:
+        log_eval()
+        save_model(model, run_dir / "checkpoints" / "step_0000000.safetensors")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=run_dir.name, leave=False)
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = _to(task.sample(cfg.batch_size, data_gen), device)
+        loss, _, _ = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        constrain_(model)
+        step += 1
+        recent = (recent + [loss.item()])[-cfg.eval_every:]
+        train_seconds += time.perf_counter() - t0
+        bar.update(1)
+        if step in ckpt_steps:
+            save_model(model, run_dir / "checkpoints" / f"step_{step:07d}.safetensors")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            row = log_eval()
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                          "train_seconds": train_seconds, "recent": recent,
+                          "config": json.dumps(identity, sort_keys=True)}, resume_path)
+    bar.close()
+
+    summary = summarize(rows, threshold=0.9)
+    summary.update({
+        "wall_seconds_this_session": round(time.perf_counter() - started, 3),
+        "train_seconds": round(train_seconds, 3),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "config": json.loads(run_config),
+        "chance_accuracy": task.chance_accuracy,
+    })
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(rows: list[dict], threshold: float = 0.9) -> dict:
+    """Final metrics plus the first evaluated step / training seconds reaching `threshold` accuracy."""
+    last = rows[-1]
+    hit = next((r for r in rows if float(r["induction_acc"]) >= threshold), None)
+    return {
+        "final_step": int(last["step"]),
+        "final_train_loss": float(last["train_loss"]),
+        "final_eval_loss": float(last["eval_loss"]),
+        "final_induction_acc": float(last["induction_acc"]),
+        "best_induction_acc": max(float(r["induction_acc"]) for r in rows),
+        "steps_to_90": int(hit["step"]) if hit else None,
+        "seconds_to_90": float(hit["train_seconds"]) if hit else None,
+    }
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(t.to(device) for t in batch)) if device.type != "cpu" else batch

@@ -1,0 +1,106 @@
+"""Trainer: schedules, resume exactness, metrics files, bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from kvshift_lens.models import ConfigError, ModelConfig, load_model
+from kvshift_lens.tasks import TaskConfig
+from kvshift_lens.train import TrainConfig, checkpoint_steps, lr_at, train
+
+TINY_TASK = TaskConfig(name="induction", d_vocab=16, seq_len=16, seed=0)
+TINY_MODEL = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
+
+
+def tiny_train(**kw) -> TrainConfig:
+    base = dict(steps=12, batch_size=8, eval_every=4, eval_size=16, warmup=2, n_checkpoints=4, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_warmup_is_linear_then_constant():
+    cfg = TrainConfig(lr=1e-3, warmup=4, steps=10)
+    assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_cosine_decays_to_floor():
+    cfg = TrainConfig(lr=1e-3, warmup=0, steps=100, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-3)
+    assert lr_at(50, cfg) == pytest.approx(0.55e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_checkpoint_steps_are_log_spaced_and_include_ends():
+    steps = checkpoint_steps(1000, 8)
+    assert steps[0] == 0 and steps[-1] == 1000
+    gaps = [b - a for a, b in zip(steps[1:], steps[2:])]
+    assert gaps == sorted(gaps)  # denser early
+
+
+def test_run_writes_metrics_checkpoints_and_summary(tmp_path):
+    summary = train(TINY_MODEL, TINY_TASK, tiny_train(), tmp_path, progress=False)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics.step) == [0, 4, 8, 12]
+    assert {"step", "train_loss", "eval_loss", "induction_acc"} <= set(metrics.columns)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts[0] == "step_0000000.safetensors" and ckpts[-1] == "step_0000012.safetensors"
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["final_induction_acc"] == summary["final_induction_acc"] == metrics.induction_acc.iloc[-1]
+    assert on_disk["config"]["model"]["arch"] == "kvshift"
+    assert on_disk["git_commit"]
+
+
+def test_resumed_run_ends_with_identical_metrics(tmp_path):
+    full = tmp_path / "full"
+    train(TINY_MODEL, TINY_TASK, tiny_train(), full, progress=False)
+    part = tmp_path / "part"
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=8), part, progress=False)
+    # An interrupted run: same config, killed after step 8. Rewrite its resume config to the full run's.
+    state = torch.load(part / "resume.pt", weights_only=True)
+    state["config"] = torch.load(full / "resume.pt", weights_only=True)["config"]
+    torch.save(state, part / "resume.pt")
+    train(TINY_MODEL, TINY_TASK, tiny_train(), part, progress=False)
+    a, b = pd.read_csv(full / "metrics.csv"), pd.read_csv(part / "metrics.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="train_seconds"), b.drop(columns="train_seconds"))
+    x = torch.randint(0, 16, (2, 16))
+    assert torch.equal(load_model(full / "checkpoints/step_0000012.safetensors")(x),
+                       load_model(part / "checkpoints/step_0000012.safetensors")(x))
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(steps=4, lr=1e-2), tmp_path, progress=False)
+
+
+def test_corrupt_resume_checkpoint_gets_one_clear_error(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    (tmp_path / "resume.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="resume.pt is corrupt"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("lr", -1.0), ("schedule", "linear")])
+def test_bad_train_config_names_the_field(tmp_path, field, value):
+    with pytest.raises(ConfigError, match=f"train.{field}"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(**{field: value}), tmp_path, progress=False)
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_sequence_longer_than_context_is_rejected_before_training(tmp_path):
+    model = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=8)
+    with pytest.raises(ConfigError, match="n_ctx"):
+        train(model, TINY_TASK, tiny_train(), tmp_path, progress=False)
+
+
+def test_clamp01_raw_parameters_are_projected_after_every_step(tmp_path):
+    from kvshift_lens.models import read_checkpoint
+
+    model = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16,
+                        shift_param="clamp01")
+    train(model, TINY_TASK, tiny_train(lr=0.5, warmup=0), tmp_path, progress=False)
+    _, tensors, _ = read_checkpoint(tmp_path / "checkpoints/step_0000012.safetensors")
+    raw = torch.cat([t.flatten() for k, t in tensors.items() if "_shift" in k])
+    assert raw.numel() == 8 and (raw >= 0).all() and (raw <= 1).all()
