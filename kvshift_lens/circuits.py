@@ -47,7 +47,7 @@ def logit_terms(model: TransformerBridge, cache: ActivationCache, layer: int) ->
         if attn.rotary is not None:
             q_j, k_j = attn.rotary.apply_rope(q, k_j, position_ids=positions)
         terms.append(q_j @ k_j.transpose(-2, -1) / attn.scale)
-    return torch.stack(terms), attn._bias(seq, q.device)
+    return torch.stack(terms), attn.score_bias(seq, q.device)
 
 
 def output_terms(model: TransformerBridge, cache: ActivationCache, layer: int) -> torch.Tensor:

@@ -233,7 +233,7 @@ class ShiftAttention(NativeAttention):
         slopes = alibi_slopes(cfg.n_heads) if cfg.positions == "alibi" else torch.zeros(0)
         self.register_buffer("alibi", slopes)  # [head] slopes m_h; bias -m_h·(t - s)
 
-    def _bias(self, seq: int, device: torch.device) -> torch.Tensor:
+    def score_bias(self, seq: int, device: torch.device) -> torch.Tensor:
         """Additive score bias [head or 1, q, k]: causal -inf mask plus ALiBi distance penalty."""
         mask = self.causal_mask[:seq, :seq].to(device)
         bias = torch.zeros(seq, seq, device=device).masked_fill(mask, float("-inf"))[None]
@@ -268,12 +268,12 @@ class ShiftAttention(NativeAttention):
 
         if pattern_fn is None and attention_mask is None:
             if self.alibi.numel():
-                z = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(seq, q.device), scale=1 / self.scale)
+                z = F.scaled_dot_product_attention(q, k, v, attn_mask=self.score_bias(seq, q.device), scale=1 / self.scale)
             else:
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1 / self.scale)
             scores = None
         else:
-            scores = q @ k.transpose(-2, -1) / self.scale + self._bias(seq, q.device)  # [b, head, q, k]
+            scores = q @ k.transpose(-2, -1) / self.scale + self.score_bias(seq, q.device)  # [b, head, q, k]
             if attention_mask is not None:
                 block = self._combine_attention_mask(torch.zeros_like(scores[0, 0], dtype=torch.bool), attention_mask, batch=batch)
                 scores = scores.masked_fill(block, float("-inf"))

@@ -34,7 +34,7 @@ RESUME_FILE = "resume.pt"
 class TrainConfig:
     """Optimisation and bookkeeping knobs (the hydra `train` group schema)."""
 
-    steps: int = 1500  # optimizer steps
+    steps: int = 3000  # optimizer steps
     lr: float = 3e-3  # peak learning rate
     batch_size: int = 64  # sequences per step
     warmup: int = 50  # linear warmup steps
