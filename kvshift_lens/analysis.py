@@ -27,6 +27,22 @@ def run_config_columns(run_dir: Path) -> dict:
     return flat
 
 
+def _per_run_table(root: Path, filename: str, missing: str) -> pd.DataFrame:
+    """Concatenate `<run>/<filename>` over the runs under `root`, prefixed by `run` and config columns."""
+    frames = []
+    for run_dir in find_runs(root):
+        if not (run_dir / filename).exists():
+            continue
+        table = pd.read_csv(run_dir / filename)
+        for k, v in run_config_columns(run_dir).items():
+            table.insert(0, k, [v] * len(table))
+        table.insert(0, "run", str(run_dir.relative_to(root)) if run_dir != root else ".")
+        frames.append(table)
+    if not frames:
+        raise FileNotFoundError(missing)
+    return pd.concat(frames, ignore_index=True)
+
+
 def load_runs(path: PathLike) -> pd.DataFrame:
     """Metrics of one run or a whole sweep as one tidy frame: config columns + metrics per step.
 
@@ -34,16 +50,8 @@ def load_runs(path: PathLike) -> pd.DataFrame:
     `step, train_loss, eval_loss, induction_acc, lr, train_seconds`.
     """
     root = Path(path)
-    frames = []
-    for run_dir in find_runs(root):
-        metrics = pd.read_csv(run_dir / "metrics.csv")
-        for k, v in run_config_columns(run_dir).items():
-            metrics.insert(0, k, [v] * len(metrics))
-        metrics.insert(0, "run", str(run_dir.relative_to(root)) if run_dir != root else ".")
-        frames.append(metrics)
-    if not frames:
-        raise FileNotFoundError(f"no runs under {root} (a run directory holds config.json and metrics.csv)")
-    return pd.concat(frames, ignore_index=True)
+    return _per_run_table(root, "metrics.csv",
+                          f"no runs under {root} (a run directory holds config.json and metrics.csv)")
 
 
 def load_summaries(path: PathLike) -> pd.DataFrame:
@@ -58,3 +66,11 @@ def load_summaries(path: PathLike) -> pd.DataFrame:
         rows.append({"run": str(run_dir.relative_to(root)) if run_dir != root else ".",
                      **run_config_columns(run_dir), **summary})
     return pd.DataFrame(rows)
+
+
+def load_heads(path: PathLike) -> pd.DataFrame:
+    """heads.csv of one run or a whole sweep as one tidy frame: `run`, config columns, then
+    `step, layer, head, metric, value` (runs without heads.csv are skipped)."""
+    root = Path(path)
+    return _per_run_table(root, "heads.csv",
+                          f"no heads.csv under {root}; run `python -m experiments.detect run_dir={root}` first")

@@ -48,6 +48,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
     eval_size: int = 512  # held-out sequences, fixed per seed
     n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
+    stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
 
@@ -56,6 +57,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.stop_at <= 1:
+            raise ConfigError(f"train.stop_at={self.stop_at} must be an accuracy in [0, 1] (0 disables early stopping)")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
         if self.warmup < 0:
@@ -256,8 +259,11 @@ def train(
     if step == 0:
         log_eval()
         save_model(model, run_dir / "checkpoints" / "step_0000000.safetensors")
+    def reached_stop() -> bool:
+        return cfg.stop_at > 0 and bool(rows) and float(rows[-1]["induction_acc"]) >= cfg.stop_at
+
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=run_dir.name, leave=False)
-    while step < cfg.steps:
+    while step < cfg.steps and not reached_stop():
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -293,6 +299,7 @@ def train(
         "git_commit": git_commit(),
         "config": json.loads(run_config),
         "chance_accuracy": task.chance_accuracy,
+        "stopped_early": step < cfg.steps,
     })
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -104,3 +104,20 @@ def test_clamp01_raw_parameters_are_projected_after_every_step(tmp_path):
     _, tensors, _ = read_checkpoint(tmp_path / "checkpoints/step_0000012.safetensors")
     raw = torch.cat([t.flatten() for k, t in tensors.items() if "_shift" in k])
     assert raw.numel() == 8 and (raw >= 0).all() and (raw <= 1).all()
+
+
+def test_stop_at_ends_at_first_evaluation_reaching_threshold_and_stays_stopped_on_rerun(tmp_path):
+    task = TaskConfig(name="repeated_tokens", d_vocab=16, seq_len=16, seed=0)  # many scored tokens: acc > 0
+    train(TINY_MODEL, task, tiny_train(), tmp_path / "full", progress=False)
+    full = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    later = full[full.step > 0]
+    threshold = later.induction_acc.iloc[0] - 1e-9  # reached at the first evaluation; CSV floats parse within an ulp
+    assert later.induction_acc.iloc[0] > full.induction_acc.iloc[0]  # step 0 does not stop it already
+    first = int(later.step.iloc[0])
+    summary = train(TINY_MODEL, task, tiny_train(stop_at=threshold), tmp_path / "stop", progress=False)
+    stopped = pd.read_csv(tmp_path / "stop" / "metrics.csv")
+    assert summary["final_step"] == first < 12 and summary["stopped_early"]
+    pd.testing.assert_frame_equal(stopped.drop(columns="train_seconds"),
+                                  full[full.step <= first].drop(columns="train_seconds").reset_index(drop=True))
+    again = train(TINY_MODEL, task, tiny_train(stop_at=threshold), tmp_path / "stop", progress=False)
+    assert again["final_step"] == first
