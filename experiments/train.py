@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from kvshift_lens.config import run_config
+from kvshift_lens.emergence import analyze_run
 from kvshift_lens.models import ConfigError
 from kvshift_lens.train import train
 
@@ -46,6 +47,8 @@ def main(cfg: DictConfig) -> float:
         if run.train.threads == 0:
             run.train.threads = launcher_threads()
         summary = train(run.model, run.task, run.train, run_dir, progress=cfg.progress)
+        if cfg.detect:
+            summary = analyze_run(run_dir)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         fail(str(e), run_dir)
     acc = summary["final_induction_acc"]
