@@ -1,0 +1,123 @@
+"""Micro-benchmark of KV-shift implementations (forward + backward), interleaved, 1 thread.
+
+`python -m benchmarks.kvshift_variants` — checks every variant against the current
+`kvshift_lens.models.KVShift.forward` (values and gradients) and prints median ms and the
+ratio to the current implementation, for the K/V tensor shapes of the benchmark shapes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kvshift_lens.models import shift
+
+
+def current(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # what models.KVShift.forward does (window 1)
+    return c[:, 0, None] * x + c[:, 1, None] * shift(x, 1)
+
+
+def slice_add(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """No F.pad: scale, then add the shifted term into positions 1.. in place."""
+    out = c[:, 0, None] * x
+    out[:, 1:] += c[:, 1, None] * x[:, :-1]
+    return out
+
+
+def flat_coeffs(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per-channel coefficient vectors over the contiguous last dim [h*d] (fast broadcast path)."""
+    b, t, h, d = x.shape
+    cc = c.repeat_interleave(d, dim=0)  # [h*d, w+1]
+    xf = x.reshape(b, t, h * d)
+    out = xf * cc[:, 0]
+    out[:, 1:] += xf[:, :-1] * cc[:, 1]
+    return out.view(b, t, h, d)
+
+
+def flat_addcmul(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    b, t, h, d = x.shape
+    cc = c.repeat_interleave(d, dim=0)
+    xf = x.reshape(b, t, h * d)
+    out = xf * cc[:, 0]
+    out = torch.cat([out[:, :1], torch.addcmul(out[:, 1:], xf[:, :-1], cc[:, 1])], dim=1)
+    return out.view(b, t, h, d)
+
+
+class _ShiftMix(torch.autograd.Function):
+    """Fused window-1 mix with hand-written backward (coefficient grads by einsum)."""
+
+    @staticmethod
+    def forward(ctx, x, c0, c1):  # x [b, t, h, d]; c0, c1 [h]
+        ctx.save_for_backward(x, c0, c1)
+        out = x * c0[:, None]
+        out[:, 1:].add_(x[:, :-1] * c1[:, None])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, c0, c1 = ctx.saved_tensors
+        gx = g * c0[:, None]
+        gx[:, :-1].add_(g[:, 1:] * c1[:, None])
+        g0 = torch.einsum("bthd,bthd->h", g, x)
+        g1 = torch.einsum("bthd,bthd->h", g[:, 1:], x[:, :-1])
+        return gx, g0, g1
+
+
+def fused(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return _ShiftMix.apply(x, c[:, 0], c[:, 1])
+
+
+def conv(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Causal depthwise conv1d over positions (one op for any window)."""
+    b, t, h, d = x.shape
+    w = torch.stack([c[:, 1], c[:, 0]], dim=1).repeat_interleave(d, dim=0)[:, None, :]  # [h*d, 1, 2]
+    y = F.conv1d(F.pad(x.reshape(b, t, h * d).transpose(1, 2), (1, 0)), w, groups=h * d)
+    return y.transpose(1, 2).reshape(b, t, h, d)
+
+
+VARIANTS = {"current": current, "slice_add": slice_add, "flat_coeffs": flat_coeffs,
+            "flat_addcmul": flat_addcmul, "fused_fn": fused, "conv1d": conv}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    for b, t, h, d in [(32, 128, 4, 16), (8, 512, 4, 64), (64, 64, 4, 16)]:
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.randn(b, t, h, d, generator=g)
+        c0 = torch.rand(h, 2, generator=g)
+        gout = torch.randn(b, t, h, d, generator=g)
+        ref = None
+        fns = {}
+        for name, fn in VARIANTS.items():
+            x, c = x0.clone().requires_grad_(), c0.clone().requires_grad_()
+            y = fn(x, c)
+            y.backward(gout)
+            got = (y.detach(), x.grad, c.grad)
+            if ref is None:
+                ref = got
+            ok = all(torch.allclose(a, r, atol=1e-3, rtol=1e-3) for a, r in zip(got, ref))
+            assert ok, name
+
+            def run(fn=fn):
+                x, c = x0.clone().requires_grad_(), c0.clone().requires_grad_()
+                fn(x, c).backward(gout)
+
+            fns[name] = run
+        times = {n: [] for n in fns}
+        for r in range(30):
+            for n in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    fns[n]()
+                times[n].append((time.perf_counter() - t0) / 5)
+        base = times["current"]
+        print(f"x=[{b},{t},{h},{d}]  " + "  ".join(
+            f"{n}: {1e3 * statistics.median(v):.3f} ms ({statistics.median(a / c for a, c in zip(v, base)):.2f}x)"
+            for n, v in times.items()))
+
+
+if __name__ == "__main__":
+    main()

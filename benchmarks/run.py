@@ -1,0 +1,461 @@
+"""Speed and memory benchmarks (issue 6 §1): `python -m benchmarks.run [--quick] [--out DIR]`.
+
+Everything is reported as a ratio measured inside one run, because the CPU machine is shared
+and absolute timings drift with the load: compared variants are interleaved (A B C ... then
+... C B A, repeated) and every ratio is the median of per-round ratios. Writes
+`<out>/bench.json` (top-level keys = worst case over the measured shapes, plus `details`) and a
+readable `<out>/bench.md`. CUDA is used when present (same command on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.reference import RefModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {  # issue 6 §2 (ratios on the 2-core CPU)
+    "step_ratio_vs_sdpa": ("<=", 1.2),
+    "kvshift_vs_vanilla": ("<=", 1.05),
+    "sweep_speedup_2_workers": (">=", 1.7),
+    "datagen_vs_consumption": (">=", 10.0),
+}
+
+
+@dataclass
+class Shape:
+    n_layers: int
+    d_model: int
+    seq: int
+    batch: int
+    n_heads: int = 4
+    d_vocab: int = 64
+
+    @property
+    def label(self) -> str:
+        return f"{self.n_layers}L d{self.d_model} seq{self.seq} b{self.batch}"
+
+
+FULL_SHAPES = [Shape(1, 64, 64, 64),  # the default kvshift_1l/induction training shape
+               Shape(1, 64, 128, 32), Shape(2, 64, 128, 32), Shape(1, 256, 512, 8), Shape(2, 256, 512, 8)]
+QUICK_SHAPES = [Shape(1, 16, 16, 4, n_heads=2, d_vocab=16)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- step time
+
+
+def make_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], None]:
+    """One training step as every variant runs it: forward, next-token CE, backward, AdamW."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    vocab_targets = tokens[:, 1:].reshape(-1)
+
+    def step() -> None:
+        logits = model(tokens)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), vocab_targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
+    """The body of `kvshift_lens.train.train`'s loop (sampling, batch_loss, clip, constrain, .item())."""
+    from kvshift_lens.models import ModelConfig, build_module, constrain_
+    from kvshift_lens.tasks import TaskConfig, make_task
+    from kvshift_lens.train import TrainConfig, _to, batch_loss, lr_at, make_optimizer
+
+    model = build_module(model_config(shape, "kvshift")).to(device).train()
+    cfg = TrainConfig(batch_size=shape.batch)
+    opt = make_optimizer(model, cfg)
+    task = make_task(TaskConfig(d_vocab=shape.d_vocab, seq_len=shape.seq))
+    gen = torch.Generator().manual_seed(0)
+    state = {"step": 0}
+
+    def step() -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state["step"], cfg)
+        batch = _to(task.sample(cfg.batch_size, gen), device)
+        loss, _, _ = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        constrain_(model)
+        loss.item()
+        state["step"] += 1
+
+    return step
+
+
+def model_config(shape: Shape, arch: str):
+    from kvshift_lens.models import ModelConfig
+
+    return ModelConfig(arch=arch, n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
+                       d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0)
+
+
+def interleaved(variants: dict[str, Callable[[], None]], rounds: int, inner: int, device: torch.device,
+                warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each variant, one sample per round; order alternates A B C / C B A."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            fn = variants[n]
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync(device)
+            times[n].append((time.perf_counter() - t0) / inner)
+    return times
+
+
+def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b) (robust to load drifting between rounds)."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+
+def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: bool, warmup: int = 3) -> dict:
+    from kvshift_lens.models import build_model, build_module
+    from kvshift_lens.tasks import TaskConfig, make_task
+
+    torch.manual_seed(0)
+    task = make_task(TaskConfig(d_vocab=shape.d_vocab, seq_len=shape.seq))
+    tokens = task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
+    ref = RefModel(shape.d_vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq).to(device)
+    variants = {
+        "sdpa_ref": make_step(ref.train(), tokens),
+        "vanilla": make_step(build_module(model_config(shape, "vanilla")).to(device).train(), tokens),
+        "kvshift": make_step(build_module(model_config(shape, "kvshift")).to(device).train(), tokens),
+        "bridge_kvshift": make_step(build_model(model_config(shape, "kvshift")).to(device).train(), tokens),
+        "train_loop_kvshift": make_trainer_step(shape, device),
+    }
+    gen = torch.Generator().manual_seed(1)
+    variants["datagen"] = lambda: task.sample(shape.batch, gen)  # one training batch, interleaved too
+    if with_compile:
+        compiled = torch.compile(build_module(model_config(shape, "kvshift")).to(device).train())
+        variants["kvshift_compiled"] = make_step(compiled, tokens)
+    # ~0.15 s of work per sample keeps per-sample timer noise small without long runs
+    probe = interleaved({"kvshift": variants["kvshift"]}, 1, 1, device, warmup=1)["kvshift"][0]
+    inner = max(1, min(20, round(0.15 / max(probe, 1e-6))))
+    times = interleaved(variants, rounds, inner, device, warmup=warmup)
+
+    dt = times.pop("datagen")
+    datagen = shape.batch / statistics.median(dt)
+    step_kv = statistics.median(times["kvshift"])
+    loop_kv = statistics.median(times["train_loop_kvshift"])
+    row = {
+        "shape": shape.label, **{k: v for k, v in vars(shape).items()},
+        "ms_per_step": {n: round(1e3 * statistics.median(t), 3) for n, t in times.items()},
+        "vanilla_vs_sdpa": round(ratio(times, "vanilla", "sdpa_ref"), 3),
+        "kvshift_vs_sdpa": round(ratio(times, "kvshift", "sdpa_ref"), 3),
+        "bridge_kvshift_vs_sdpa": round(ratio(times, "bridge_kvshift", "sdpa_ref"), 3),
+        "kvshift_vs_vanilla": round(ratio(times, "kvshift", "vanilla"), 3),
+        "train_loop_vs_kvshift_step": round(ratio(times, "train_loop_kvshift", "kvshift"), 3),
+        "datagen_seq_per_s": round(datagen, 1),
+        "consumption_seq_per_s": round(shape.batch / step_kv, 1),
+        "train_loop_seq_per_s": round(shape.batch / loop_kv, 1),
+        "datagen_vs_consumption": round(statistics.median(k / d for k, d in zip(times["kvshift"], dt)), 2),
+        "datagen_ms_per_batch": round(1e3 * statistics.median(dt), 3),
+        "rounds": rounds, "steps_per_sample": inner,
+    }
+    if with_compile:
+        row["compiled_kvshift_vs_kvshift"] = round(ratio(times, "kvshift_compiled", "kvshift"), 3)
+    return row
+
+
+# --------------------------------------------------------------------------- subprocess benches
+
+TRAIN_SNIPPET = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from kvshift_lens.config import compose
+from kvshift_lens.train import train
+run = compose(json.loads(sys.argv[1]))
+summary = train(run.model, run.task, run.train, sys.argv[2], progress=False)
+print("BENCH_JSON" + json.dumps({
+    "seconds_to_90": summary["seconds_to_90"], "steps_to_90": summary["steps_to_90"],
+    "train_seconds": summary["train_seconds"], "final_induction_acc": summary["final_induction_acc"],
+    "process_seconds": time.perf_counter() - t0,
+    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_training_run(overrides: list[str], tmp: Path, in_process: bool = False) -> dict:
+    """Train the default 1L KV-shift config in a fresh process: seconds to 90% and its max RSS.
+
+    `in_process` (--quick) trains here instead; max RSS is then this process's.
+    """
+    if in_process:
+        import resource
+
+        from kvshift_lens.config import compose
+        from kvshift_lens.train import train
+
+        t0 = time.perf_counter()
+        run = compose(overrides)
+        threads = torch.get_num_threads()
+        summary = train(run.model, run.task, run.train, tmp / "train_run", progress=False)
+        torch.set_num_threads(threads)
+        return {"overrides": overrides, "seconds_to_90": summary["seconds_to_90"],
+                "steps_to_90": summary["steps_to_90"], "train_seconds": summary["train_seconds"],
+                "final_induction_acc": summary["final_induction_acc"],
+                "process_seconds": time.perf_counter() - t0,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    r = subprocess.run([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(overrides), str(tmp / "train_run")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"training run failed:\n{r.stderr[-3000:]}")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("BENCH_JSON"))
+    return {"overrides": overrides, **json.loads(line[len("BENCH_JSON"):])}
+
+
+def run_sweep(launcher: str, overrides: list[str], out: Path) -> tuple[float, float]:
+    """Wall seconds of one `experiments.train -m` sweep (process start-up included) and the
+    summed in-run train_seconds of its runs."""
+    cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}", *overrides,
+           f"out_dir={out}", "name=bench"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"sweep with {launcher} failed:\n{r.stderr[-3000:]}")
+    summaries = list(out.rglob("summary.json"))
+    return wall, sum(json.loads(p.read_text())["train_seconds"] for p in summaries)
+
+
+def bench_sweep(overrides: list[str], reps: int, tmp: Path) -> dict:
+    walls: dict[str, list[float]] = {"basic": [], "local_parallel": []}
+    train_s: dict[str, list[float]] = {"basic": [], "local_parallel": []}
+    for r in range(reps):
+        for launcher in ("basic", "local_parallel") if r % 2 == 0 else ("local_parallel", "basic"):
+            wall, ts = run_sweep(launcher, overrides, tmp / f"sweep_{launcher}_{r}")
+            walls[launcher].append(wall)
+            train_s[launcher].append(ts)
+    speedups = [b / p for b, p in zip(walls["basic"], walls["local_parallel"])]
+    t_import = import_seconds()
+    return {
+        "overrides": overrides, "reps": reps,
+        "wall_seconds": {k: [round(x, 2) for x in v] for k, v in walls.items()},
+        "sum_run_train_seconds": {k: [round(x, 2) for x in v] for k, v in train_s.items()},
+        "speedup": round(statistics.median(speedups), 3),
+        "python_import_seconds": t_import,
+        "note": "wall time includes process start-up: basic imports once and runs the 4 jobs in "
+                "one process (torch default threads); local_parallel = joblib/loky, 2 workers that "
+                "each import torch + transformer_lens + kvshift_lens, 1 torch thread per worker",
+    }
+
+
+def import_seconds() -> dict:
+    """Cold-ish import cost of what a sweep worker loads (a fresh interpreter each time)."""
+    out = {}
+    for mod in ("torch", "transformer_lens", "kvshift_lens.train"):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=ROOT, check=True, capture_output=True)
+        out[mod] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": str(device), "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def verdicts(result: dict) -> dict:
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        v = result.get(key)
+        out[key] = {"target": f"{op} {bound}", "value": v,
+                    "met": None if v is None else (v <= bound if op == "<=" else v >= bound)}
+    return out
+
+
+def to_markdown(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# kvshift_lens benchmark", "",
+        f"`python -m benchmarks.run{' --quick' if res['quick'] else ''}` — commit `{res['git_commit']}`, "
+        f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['threads']} thread(s), device {m['device']}; "
+        f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end; "
+        f"{res['total_seconds']:.0f} s.", "",
+        "## Targets (issue 6 §2; worst case over shapes)", "",
+        "| metric | value | target | met |", "|---|---|---|---|",
+    ]
+    for k, v in res["targets"].items():
+        lines.append(f"| {k} | {v['value']} | {v['target']} | {'yes' if v['met'] else 'NO' if v['met'] is not None else '-'} |")
+    lines += [f"| seconds_to_90pct_induction | {res['seconds_to_90pct_induction']} | - | - |",
+              f"| peak_rss_mb | {res['peak_rss_mb']} | - | - |", "",
+              "## Training step (forward + backward + AdamW), ms per step, medians of interleaved rounds", "",
+              "| shape | SDPA ref | vanilla | KV-shift | bridge KV-shift | train loop KV-shift | vanilla/ref | "
+              "KV-shift/ref | bridge/ref | KV-shift/vanilla | datagen seq/s | consumed seq/s | datagen/consumed |",
+              "|---|" + "---|" * 12]
+    for d in res["details"]:
+        ms = d["ms_per_step"]
+        lines.append(f"| {d['shape']} | {ms['sdpa_ref']} | {ms['vanilla']} | {ms['kvshift']} | {ms['bridge_kvshift']} | "
+                     f"{ms['train_loop_kvshift']} | {d['vanilla_vs_sdpa']} | {d['kvshift_vs_sdpa']} | "
+                     f"{d['bridge_kvshift_vs_sdpa']} | {d['kvshift_vs_vanilla']} | {d['datagen_seq_per_s']} | "
+                     f"{d['consumption_seq_per_s']} | {d['datagen_vs_consumption']} |")
+    if any("compiled_kvshift_vs_kvshift" in d for d in res["details"]):
+        lines += ["", "torch.compile (KV-shift, compiled / eager): " +
+                  ", ".join(f"{d['shape']}: {d['compiled_kvshift_vs_kvshift']}" for d in res["details"])]
+    s = res["sweep"]
+    lines += ["", "## Sweep (4 runs) — `experiments.train -m`, wall seconds incl. process start-up", "",
+              f"`{' '.join(s['overrides'])}`", "",
+              f"- basic (sequential): {s['wall_seconds']['basic']} s (runs' own train_seconds {s['sum_run_train_seconds']['basic']})",
+              f"- local_parallel (joblib, 2 workers): {s['wall_seconds']['local_parallel']} s "
+              f"(runs' own train_seconds {s['sum_run_train_seconds']['local_parallel']})",
+              f"- speedup: **{s['speedup']}×**; fresh-interpreter import seconds: {s['python_import_seconds']}",
+              f"- {s['note']}", "",
+              "## Training run (fresh process)", "",
+              f"`{' '.join(res['training_run']['overrides'])}`: seconds_to_90 = {res['training_run']['seconds_to_90']} "
+              f"(step {res['training_run']['steps_to_90']}), train_seconds = {res['training_run']['train_seconds']}, "
+              f"process {res['training_run']['process_seconds']:.1f} s, max RSS {res['training_run']['max_rss_mb']:.0f} MB", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds; numbers meaningless)")
+    p.add_argument("--out", type=Path, default=ROOT / "results", help="directory for bench.json / bench.md")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the step benchmarks (default 1)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape")
+    p.add_argument("--sweep-steps", type=int, default=150, help="train.steps of each of the 4 sweep runs")
+    p.add_argument("--sweep-reps", type=int, default=1, help="repetitions of the basic/local_parallel pair")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd KV-shift")
+    p.add_argument("--skip-subprocess", action="store_true", help="skip the sweep and training-run benches")
+    args = p.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    rounds = args.rounds or (2 if args.quick else 10)
+
+    details = []
+    for shape in shapes:
+        row = bench_shape(shape, device, rounds, args.compile, warmup=1 if args.quick else 3)
+        details.append(row)
+        print(f"[bench] {shape.label}: {row['ms_per_step']} kv/van={row['kvshift_vs_vanilla']} "
+              f"van/ref={row['vanilla_vs_sdpa']} kv/ref={row['kvshift_vs_sdpa']} "
+              f"datagen/consumed={row['datagen_vs_consumption']}", flush=True)
+
+    def emit(training: dict, sweep: dict) -> dict:
+        res = {
+            "step_ratio_vs_sdpa": max(max(d["vanilla_vs_sdpa"], d["kvshift_vs_sdpa"]) for d in details),
+            "kvshift_vs_vanilla": max(d["kvshift_vs_vanilla"] for d in details),
+            "sweep_speedup_2_workers": sweep["speedup"],
+            "datagen_vs_consumption": min(d["datagen_vs_consumption"] for d in details),
+            "seconds_to_90pct_induction": training["seconds_to_90"],
+            "peak_rss_mb": round(training["max_rss_mb"], 1),
+            "git_commit": git_commit(),
+            "machine": machine_info(device),
+            "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+            "quick": args.quick,
+            "details": details,
+            "training_run": training,
+            "sweep": sweep,
+        }
+        res["targets"] = verdicts(res)
+        res["total_seconds"] = round(time.perf_counter() - started, 1)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.json").write_text(json.dumps(res, indent=2))
+        (args.out / "bench.md").write_text(to_markdown(res))
+        return res
+
+    pending_train = {"overrides": [], "seconds_to_90": None, "steps_to_90": None, "train_seconds": None,
+                     "process_seconds": 0.0, "max_rss_mb": float("nan"), "final_induction_acc": None}
+    pending_sweep = {"overrides": [], "reps": 0, "wall_seconds": {"basic": [], "local_parallel": []},
+                     "sum_run_train_seconds": {"basic": [], "local_parallel": []}, "speedup": None,
+                     "python_import_seconds": {}, "note": "not measured (yet)"}
+    emit(pending_train, pending_sweep)  # partial results survive an interrupted run
+    with tempfile.TemporaryDirectory(prefix="kvshift_bench_") as tmpdir:
+        tmp = Path(tmpdir)
+        if args.skip_subprocess:
+            training = {"overrides": [], "seconds_to_90": None, "steps_to_90": None, "train_seconds": None,
+                        "process_seconds": 0.0, "max_rss_mb": float("nan"), "final_induction_acc": None}
+            sweep = {"overrides": [], "reps": 0, "wall_seconds": {"basic": [], "local_parallel": []},
+                     "sum_run_train_seconds": {"basic": [], "local_parallel": []}, "speedup": None,
+                     "python_import_seconds": {}, "note": "skipped"}
+        else:
+            if args.quick:
+                train_over = ["model=kvshift_1l", "train.steps=6", "train.threads=1", "train.eval_every=3",
+                              "train.eval_size=8", "train.batch_size=4", "train.n_checkpoints=2",
+                              "task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2"]
+                sweep_over = ["model=vanilla_1l,kvshift_1l", "seed=0,1", "train.steps=2", "train.eval_every=2",
+                              "train.eval_size=4", "train.batch_size=4", "train.n_checkpoints=1",
+                              "task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2",
+                              "progress=false"]
+                sweep_reps = 1
+            else:
+                train_over = ["model=kvshift_1l", "train.steps=600", "train.threads=1"]
+                sweep_over = ["model=vanilla_1l,kvshift_1l", "seed=0,1", f"train.steps={args.sweep_steps}", "progress=false"]
+                sweep_reps = args.sweep_reps
+            training = bench_training_run(train_over, tmp, in_process=args.quick)
+            print(f"[bench] training run: {training}", flush=True)
+            emit(training, pending_sweep)
+            if args.quick:  # two hydra process trees cost ~30-60 s of imports on a loaded 2-core box
+                sweep = {"overrides": sweep_over, "reps": 0, "wall_seconds": {"basic": [], "local_parallel": []},
+                         "sum_run_train_seconds": {"basic": [], "local_parallel": []}, "speedup": None,
+                         "python_import_seconds": {}, "note": "not measured in --quick mode"}
+            else:
+                sweep = bench_sweep(sweep_over, sweep_reps, tmp)
+            print(f"[bench] sweep: {sweep['wall_seconds']} speedup {sweep['speedup']}", flush=True)
+
+    res = emit(training, sweep)
+    print(f"[bench] wrote {args.out / 'bench.json'} and bench.md in {res['total_seconds']} s", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""`python -m benchmarks.run --quick` runs end to end and writes every top-level key (no timing asserts)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"step_ratio_vs_sdpa", "kvshift_vs_vanilla", "sweep_speedup_2_workers", "datagen_vs_consumption",
+        "seconds_to_90pct_induction", "peak_rss_mb", "git_commit", "machine", "load_average", "details"}
+
+
+def test_quick_benchmark_writes_json_and_markdown(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert KEYS <= set(res)
+    assert {"cpu", "cores", "torch", "threads", "device"} <= set(res["machine"])
+    assert res["details"] and {"shape", "ms_per_step", "kvshift_vs_vanilla", "datagen_vs_consumption"} <= set(res["details"][0])
+    for key in ("step_ratio_vs_sdpa", "kvshift_vs_vanilla", "datagen_vs_consumption", "peak_rss_mb"):
+        assert res[key] > 0
+    assert "| step_ratio_vs_sdpa |" in (tmp_path / "bench.md").read_text()
