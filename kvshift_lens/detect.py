@@ -256,6 +256,36 @@ def ablation_drop(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Te
 
 
 @torch.no_grad()
+def ablate_heads(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Tensor,
+                 heads: Sequence[tuple[int, int]], kind: str = "zero") -> tuple[float, float]:
+    """Loss and accuracy at `mask`ed positions with every (layer, head) in `heads` ablated together
+    (`hook_z` zeroed, or replaced by its batch mean per position): does the set carry the task?"""
+    if kind not in ("zero", "mean"):
+        raise ValueError(f"kind={kind!r} must be 'zero' or 'mean'")
+    tokens, mask = tokens.to(_device(model)), mask.to(_device(model))
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+    names = {layer: get_act_name("z", layer) for layer in by_layer}
+    means = {}
+    if kind == "mean":
+        _, cache = model.run_with_cache(tokens, names_filter=list(names.values()))
+        means = {layer: cache[name].mean(0) for layer, name in names.items()}  # [pos, head, d_head]
+
+    def hook_for(layer: int):
+        def ablate(z: torch.Tensor, hook) -> torch.Tensor:
+            z = z.clone()
+            for h in by_layer[layer]:
+                z[:, :, h] = 0.0 if kind == "zero" else means[layer][:, h]
+            return z
+        return ablate
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(names[layer], hook_for(layer)) for layer in by_layer])
+    loss, acc = _loss_acc(logits, tokens, mask)
+    return loss.item(), acc.item()
+
+
+@torch.no_grad()
 def icl_score(model: TransformerBridge, tokens: torch.Tensor) -> float:
     """Olsson et al. ICL score: mean loss on token round(0.98·T) minus on token round(0.1·T) (< 0: ICL)."""
     tokens = tokens.to(_device(model))

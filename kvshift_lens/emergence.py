@@ -15,10 +15,11 @@ from transformer_lens import TransformerBridge
 
 from kvshift_lens.analysis import find_runs
 from kvshift_lens.circuits import classify_heads
-from kvshift_lens.detect import METRICS, head_scores
+from kvshift_lens.detect import METRICS, ablate_heads, head_scores, repeat_period, repeated_tokens, scored_mask
 from kvshift_lens.models import load_model, shift_coefficients
 
 PathLike = Union[str, Path]
+PHASE_CHANGE_MIN_RISE = 0.25  # induction_acc gain over the run needed to call its steepest rise a phase change
 EMERGENCE_THRESHOLD = 0.5  # induction_score of an induction head (uniform causal attention scores ~1.4/T)
 CHEAP_METRICS = ("induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
                  "copying_score")  # pattern + weight metrics: no per-head ablation forward passes
@@ -100,11 +101,13 @@ def emergence_step(heads: pd.DataFrame, threshold: float = EMERGENCE_THRESHOLD) 
     return int(after.min()) if len(after) else None
 
 
-def phase_change_step(metrics: pd.DataFrame) -> Optional[int]:
-    """Evaluation step that ends the steepest rise of induction_acc per training step (None if it never rises)."""
+def phase_change_step(metrics: pd.DataFrame, min_rise: float = PHASE_CHANGE_MIN_RISE) -> Optional[int]:
+    """Evaluation step that ends the steepest rise of induction_acc per training step; None when accuracy
+    never climbs `min_rise` above its start (a flat curve's steepest wiggle is not a phase change)."""
     m = metrics.sort_values("step")
-    rate = np.diff(m["induction_acc"].to_numpy()) / np.diff(m["step"].to_numpy())
-    if not len(rate) or rate.max() <= 0:
+    acc = m["induction_acc"].to_numpy()
+    rate = np.diff(acc) / np.diff(m["step"].to_numpy())
+    if not len(rate) or acc.max() - acc[0] < min_rise:
         return None
     return int(m["step"].iloc[int(rate.argmax()) + 1])
 
@@ -114,11 +117,23 @@ def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
-def final_induction_heads(run_dir: PathLike, threshold: float = EMERGENCE_THRESHOLD) -> pd.DataFrame:
-    """classify_heads of the final checkpoint, restricted to heads with induction_score >= threshold."""
-    checkpoints = run_checkpoints(run_dir)
-    table = classify_heads(load_model(checkpoints[max(checkpoints)]))
+def final_induction_heads(model: TransformerBridge, threshold: float = EMERGENCE_THRESHOLD) -> pd.DataFrame:
+    """classify_heads of `model`, restricted to heads with induction_score >= threshold."""
+    table = classify_heads(model)
     return table[table["induction_score"] >= threshold].reset_index(drop=True)
+
+
+def induction_heads_ablated(model: TransformerBridge, heads: Sequence[tuple[int, int]], batch_size: int = 32,
+                            seed: int = 0) -> dict:
+    """Accuracy on the second copy of `[BOS] r r` (length n_ctx) intact and with all `heads` zero-ablated
+    together, next to chance (1 / tokens r is drawn from)."""
+    cfg = model.cfg
+    tokens = repeated_tokens(batch_size, (cfg.n_ctx - 1) // 2, cfg.d_vocab, torch.Generator().manual_seed(seed))
+    mask = scored_mask(tokens, repeat_period(tokens))
+    _, acc = ablate_heads(model, tokens, mask, [])
+    _, ablated = ablate_heads(model, tokens, mask, heads, "zero") if heads else (None, None)
+    return {"repeated_acc": round(acc, 4), "repeated_acc_induction_heads_ablated":
+            None if ablated is None else round(ablated, 4), "repeated_chance": round(1 / (cfg.d_vocab - 1), 4)}
 
 
 def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EMERGENCE_THRESHOLD) -> dict:
@@ -127,7 +142,9 @@ def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EM
     run_dir = Path(run_dir)
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
-    found = final_induction_heads(run_dir, threshold)
+    checkpoints = run_checkpoints(run_dir)
+    model = load_model(checkpoints[max(checkpoints)])
+    found = final_induction_heads(model, threshold)
     summary.update({
         "emergence_threshold": threshold,
         "emergence_step": emergence_step(heads, threshold),
@@ -135,6 +152,7 @@ def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EM
         "induction_heads": [head_name(r.layer, r.head) for r in found.itertuples()],
         "induction_mechanisms": found["mechanism"].tolist(),
         "induction_head_scores": [round(float(s), 4) for s in found["induction_score"]],
+        **induction_heads_ablated(model, list(zip(found["layer"], found["head"]))),
     })
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kvshift_lens.detect import (
-    BOS, METRICS, attention_patterns, copying_score, duplicate_token_score, head_scores, icl_positions,
+    BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_score, duplicate_token_score, head_scores, icl_positions,
     induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens,
-    tl_detector_scores,
+    scored_mask, tl_detector_scores,
 )
 from kvshift_lens.models import ModelConfig, build_model, build_module, to_bridge
 
@@ -202,6 +202,27 @@ def test_theorem2_head_is_an_induction_head_that_copies_and_whose_ablation_break
     assert df["zero_ablation_loss_increase", 0, 0] > 2.0 and df["zero_ablation_acc_drop", 0, 0] > 0.8
     assert df["mean_ablation_loss_increase", 0, 0] > 2.0 and df["mean_ablation_acc_drop", 0, 0] > 0.8
     assert df["icl_score", -1, -1] < -1.0  # the late token is predicted, the early one is not
+
+
+def test_joint_ablation_of_one_head_matches_the_per_head_ablation_and_of_none_changes_nothing():
+    model = build_model(ModelConfig(arch="kvshift", n_layers=2, d_model=16, n_heads=2, d_vocab=16, n_ctx=21, seed=3))
+    tokens = repeated_tokens(8, 10, 16, torch.Generator().manual_seed(0))
+    mask = scored_mask(tokens, 10)
+    drops = ablation_drop(model, tokens, mask).set_index(["metric", "layer", "head"]).value
+    _, base = ablate_heads(model, tokens, mask, [])
+    for kind in ("zero", "mean"):
+        _, acc = ablate_heads(model, tokens, mask, [(1, 1)], kind)
+        assert base - acc == pytest.approx(drops[f"{kind}_ablation_acc_drop", 1, 1], abs=1e-6)
+    with pytest.raises(ValueError, match="kind"):
+        ablate_heads(model, tokens, mask, [(0, 0)], "resample")
+
+
+def test_ablating_the_theorem2_head_together_with_nothing_else_breaks_induction():
+    model = theorem2_model()
+    tokens = distinct_repeat(10, 32, batch=16)
+    mask = scored_mask(tokens, 10)
+    assert ablate_heads(model, tokens, mask, [])[1] > 0.99
+    assert ablate_heads(model, tokens, mask, [(0, 0)])[1] < 0.2
 
 
 def test_copying_score_follows_the_sign_of_beta1_the_attended_tokens_own_value():

@@ -82,7 +82,8 @@ def test_rerun_adds_no_rows_and_rescores_only_missing_checkpoints(runs, tmp_path
 def test_summary_gains_emergence_keys_and_keeps_training_keys(runs):
     summary = json.loads((runs / "kvshift" / "summary.json").read_text())
     assert {"steps_to_90", "seconds_to_90", "final_induction_acc"} <= set(summary)
-    assert {"emergence_step", "phase_change_step", "induction_heads", "induction_mechanisms"} <= set(summary)
+    assert {"emergence_step", "phase_change_step", "induction_heads", "induction_mechanisms", "repeated_acc",
+            "repeated_acc_induction_heads_ablated", "repeated_chance"} <= set(summary)
     assert len(summary["induction_heads"]) == len(summary["induction_mechanisms"])
 
 
@@ -98,6 +99,12 @@ def test_phase_change_step_ends_the_steepest_rise_per_step():
     metrics = pd.DataFrame({"step": [0, 50, 100, 150, 160], "induction_acc": [0.0, 0.1, 0.2, 0.8, 0.85]})
     assert phase_change_step(metrics) == 150
     assert phase_change_step(metrics.assign(induction_acc=0.1)) is None
+
+
+def test_a_small_rise_is_not_a_phase_change():
+    flat = pd.DataFrame({"step": [0, 100, 200, 300], "induction_acc": [0.02, 0.03, 0.09, 0.08]})  # 1L vanilla
+    assert phase_change_step(flat) is None
+    assert phase_change_step(flat, min_rise=0.05) == 200
 
 
 def test_load_heads_adds_run_and_config_columns(runs):
