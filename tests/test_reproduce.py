@@ -92,3 +92,20 @@ def test_phase_diagram_section_is_replaced_not_duplicated_in_the_report(tmp_path
     text = report.read_text()
     assert text.startswith("# Report\n\nfigures\n") and text.count("## Phase diagram") == 1
     assert "new verdict" in text and "old verdict" not in text
+
+
+def _hopk(acc: dict[str, float], noise: float) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [{"run": f"{lab}/{h}/{s}", "seed": s, "label": lab, "step": 100, "task.hops": h,
+             "induction_acc": a + noise * rng.standard_normal()}
+            for lab, a in acc.items() for h in (1, 2) for s in range(3)]
+    return pd.DataFrame(rows).assign(**{"model.d_model": 64, "n_params": 1, "task.name": "hop_k",
+                                         "task.d_vocab": 64, "task.seq_len": 32, "train.steps": 100})
+
+
+def test_hopk_verdict_needs_separated_intervals_not_a_better_mean():
+    clear = _hopk({"kvshift 1L": 0.9, "vanilla 1L": 0.3}, noise=0.01)
+    tie = _hopk({"kvshift 1L": 0.52, "vanilla 1L": 0.5}, noise=0.1)  # KV shift's mean error may be lower by chance
+    assert F.find_hopk(clear).verdict == "reproduced"
+    assert F.find_hopk(tie).verdict == "not reproduced at this scale"
+    assert "overlapping: 2/2" in F.find_hopk(tie).notes[0]
