@@ -15,7 +15,7 @@ from transformer_lens import TransformerBridge
 
 from kvshift_lens.analysis import find_runs
 from kvshift_lens.circuits import classify_heads
-from kvshift_lens.detect import METRICS, ablate_heads, head_scores, repeat_period, repeated_tokens, scored_mask
+from kvshift_lens.detect import METRICS, ablate_heads, head_scores, induction_rows, repeated_tokens
 from kvshift_lens.models import load_model, shift_coefficients
 
 PathLike = Union[str, Path]
@@ -125,11 +125,12 @@ def final_induction_heads(model: TransformerBridge, threshold: float = EMERGENCE
 
 def induction_heads_ablated(model: TransformerBridge, heads: Sequence[tuple[int, int]], batch_size: int = 32,
                             seed: int = 0) -> dict:
-    """Accuracy on the second copy of `[BOS] r r` (length n_ctx) intact and with all `heads` zero-ablated
-    together, next to chance (1 / tokens r is drawn from)."""
+    """Next-token accuracy on `[BOS] r r` (length n_ctx) at the second-copy positions whose token occurs
+    once in r (where induction determines the answer), intact and with all `heads` zero-ablated together,
+    next to chance (1 / tokens r is drawn from)."""
     cfg = model.cfg
     tokens = repeated_tokens(batch_size, (cfg.n_ctx - 1) // 2, cfg.d_vocab, torch.Generator().manual_seed(seed))
-    mask = scored_mask(tokens, repeat_period(tokens))
+    mask = induction_rows(tokens)
     _, acc = ablate_heads(model, tokens, mask, [])
     _, ablated = ablate_heads(model, tokens, mask, heads, "zero") if heads else (None, None)
     return {"repeated_acc": round(acc, 4), "repeated_acc_induction_heads_ablated":
