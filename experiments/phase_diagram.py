@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import yaml
 
-from experiments.reproduce import splice_section
+from experiments.report import splice_section
 from kvshift_lens import phase
 from kvshift_lens.analysis import load_summaries
 from kvshift_lens.train import git_commit

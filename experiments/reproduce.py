@@ -24,6 +24,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from experiments import theory
+from experiments.report import splice_section
 from kvshift_lens import figures as F
 from kvshift_lens.train import git_commit
 
@@ -183,18 +185,6 @@ def _basins() -> pd.DataFrame:
 PHASE_SECTION = "phase_diagram.md"  # written by experiments.phase_diagram; REPORT.md carries it as a section
 
 
-def splice_section(report: Path, name: str, text: str) -> None:
-    """Put `text` into `report` between `<!-- name -->` markers, replacing an earlier copy (or appending)."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    body = report.read_text() if report.exists() else ""
-    block = f"{start}\n{text.strip()}\n{end}"
-    if start in body and end in body:
-        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip("\n") + ("\n\n" if body else "") + block + "\n"
-    report.write_text(body)
-
-
 def write_report(out: Path, findings: dict[str, F.Finding], profile: dict, meta: dict) -> Path:
     """REPORT.md: per figure the claim, setup, numbers with intervals, verdict and the image."""
     lines = ["# Reproduction report: KV Shifting Attention (Xu et al., arXiv 2411.19574)", "",
@@ -271,6 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = {"git_commit": git_commit(), "wall_seconds": time.perf_counter() - started,
             "load_before": load_before, "load_after": _loadavg()}
     report = write_report(out, findings, profile, meta)
+    theory.write_outputs(out)  # the theorem constructions: seconds, no training
     print(f"wrote {len(findings)} figure(s) and {report} in {meta['wall_seconds']:.0f} s")
     return 1 if failed else 0
 

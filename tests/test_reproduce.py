@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from experiments import reproduce
+from experiments.report import splice_section
 from kvshift_lens import figures as F
 from kvshift_lens.stats import bootstrap_ci
 
@@ -87,8 +88,8 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_agreement():
 def test_phase_diagram_section_is_replaced_not_duplicated_in_the_report(tmp_path):
     report = tmp_path / "REPORT.md"
     report.write_text("# Report\n\nfigures\n")
-    reproduce.splice_section(report, "phase_diagram", "## Phase diagram\nold verdict")
-    reproduce.splice_section(report, "phase_diagram", "## Phase diagram\nnew verdict")
+    splice_section(report, "phase_diagram", "## Phase diagram\nold verdict")
+    splice_section(report, "phase_diagram", "## Phase diagram\nnew verdict")
     text = report.read_text()
     assert text.startswith("# Report\n\nfigures\n") and text.count("## Phase diagram") == 1
     assert "new verdict" in text and "old verdict" not in text

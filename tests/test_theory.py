@@ -229,3 +229,13 @@ def test_theorem3_plot_overlays_trajectories_on_every_panel():
     with pytest.raises(ValueError, match="beta1"):
         plot_theorem3_landscape(trajectories=traj.drop(columns="beta1"), n=11)
     plt.close("all")
+
+
+def test_theorem1_decay_fit_reads_slope_minus_one_from_exact_exponential_decay():
+    from experiments.theory import decay_fit
+
+    p = np.arange(1.0, 17.0)
+    table = pd.DataFrame({"keys": "interior", "p": p, "error": 1.3 * np.exp(-p), "bound": 40 * np.exp(-p)})
+    fit = decay_fit(table).iloc[0]
+    assert fit.slope == pytest.approx(-1.0) and fit.error_times_exp_p == pytest.approx(1.3)
+    assert fit.min_bound_over_error == pytest.approx(40 / 1.3)
