@@ -113,23 +113,29 @@ def verdicts(df: pd.DataFrame, main: pd.DataFrame, fr: pd.DataFrame, length: pd.
     kv1, va1, va2 = runs("kvshift", 1), runs("vanilla", 1), runs("vanilla", 2)
     va_deep = main[(main.arch == "vanilla") & (main.n_layers >= 2)]
     kv1_w, va1_w = kv1[kv1.d_model == widest], va1[va1.d_model == widest]
-    k_kv, n_kv, lo_kv, _ = phase.success_rate(kv1_w)
-    k_v1, n_v1, _, hi_v1 = phase.success_rate(va1_w)
+    _, n_kv, lo_kv, _ = phase.success_rate(kv1)
+    _, n_v1, _, hi_v1 = phase.success_rate(va1)
     k_vd, n_vd, _, hi_vd = phase.success_rate(va_deep)
-    depth = (f"**Depth claim** (one KV-shift layer does what vanilla needs two layers for). At d_model = "
-             f"{widest}: 1-layer KV shift succeeds in {_rate(kv1_w)}; 1-layer vanilla in {_rate(va1_w)}. "
-             f"Across all widths, 2-layer vanilla succeeds in {_rate(va2)} and ≥2-layer vanilla in {_rate(va_deep)}. ")
+    depth = (f"**Depth claim** (one KV-shift layer does what vanilla needs two layers for). Pooled over every width "
+             f"of the main grid, 1-layer KV shift succeeds in {_rate(kv1)}, 1-layer vanilla in {_rate(va1)}, 2-layer "
+             f"vanilla in {_rate(va2)} (≥2-layer vanilla: {_rate(va_deep)}); at the widest width, d_model = {widest}, "
+             f"1-layer KV shift {_rate(kv1_w)} and 1-layer vanilla {_rate(va1_w)}. ")
     if n_kv and n_v1 and lo_kv > hi_v1:
-        depth += ("Supported for the one-layer half: the intervals separate, so one KV-shift layer learns "
+        depth += ("Supported for the one-layer half: the pooled intervals separate, so one KV-shift layer learns "
                   "induction where one vanilla layer does not. ")
     else:
-        depth += "Not separated at this sample size: the intervals for 1-layer KV shift and 1-layer vanilla overlap. "
+        depth += "Not separated at this sample size: the pooled intervals for 1-layer KV shift and 1-layer vanilla overlap. "
     if n_vd and k_vd == 0:
         depth += (f"The 'vanilla needs two layers' half is **not tested** by this budget: no ≥2-layer vanilla run "
                   f"reached {phase.THRESHOLD:.0%} at any width (success rate ≤ {hi_vd:.2f} at 95%), so the data show "
                   f"KV shift learning induction faster, not that two vanilla layers are equivalent to one KV-shift layer. ")
     elif n_vd:
         depth += "2-layer vanilla does reach the threshold for some widths; compare frontiers below. "
+    unstable = phase.non_monotone_seeds(main)
+    if len(unstable):
+        depth += ("Success is not monotone in width: " + "; ".join(
+            f"{r.arch} {r.n_layers}L seed {r.seed} fails at d_model {r.fails_at} above a width where it succeeds"
+            for r in unstable.itertuples()) + " — a fixed budget measures learnability, not capacity. ")
     for other in (("vanilla", 1), ("vanilla", 2)):
         k, n, p = phase.paired_sign_test(main, ("kvshift", 1), other)
         if n:
@@ -156,17 +162,20 @@ def verdicts(df: pd.DataFrame, main: pd.DataFrame, fr: pd.DataFrame, length: pd.
                          f"log-log slope {slope:.2f}" if slope == slope else
                          f"{key[0]} {key[1]}L, {key[2]} head(s) — {cells}; slope undefined (< 2 lengths fully reached)")
         width += " ".join(p + "." for p in parts) + " "
-        fully = length[length.n_reached == length.n_seeds].sort_values("seq_len")
-        grows = [g for _, g in fully.groupby(["arch", "n_layers", "n_heads"]) if len(g) >= 2]
-        if any((g["median"].diff().dropna() > 0).any() for g in grows):
+        trend = phase.width_trend(length)
+        growing = [k for k, v in trend.items() if v == "grows"]
+        against = [k for k, v in trend.items() if v == "shrinks"]
+        if growing and not against:
             width += ("The needed width grows with length in this range, consistent with the lower bound; the width "
-                      "grid is powers of two, so each frontier is only known to within a factor of 2 and a slope from "
-                      "three lengths is a coarse estimate. ")
-        elif grows:
-            width += ("No growth of the needed width with length is resolved on this power-of-two width grid; the data "
-                      "do not support (nor refute, given the factor-2 resolution) the width claim here. ")
+                      "grid is powers of two, so each frontier is only known to within a factor of 2. ")
+        elif against:
+            width += ("**Not supported here**: for " + ", ".join(f"{a} {n}L ({h} head)" for a, n, h in against)
+                      + " a shorter sequence needs a larger (or unreached) width than a longer one, the opposite of "
+                        "the lower bound's direction: at this budget the length sweep does not isolate the width a "
+                        "layer needs (one untested explanation: a short Appendix-D sequence holds fewer induction "
+                        "targets per step). ")
         else:
-            width += "Too few lengths where every seed succeeds to estimate a trend. "
+            width += "No trend with length is resolved on this power-of-two width grid. "
         swept = set(zip(length.arch, length.n_layers))
         never = fr[(fr.n_reached == 0).to_numpy() & np.array([(a, n) not in swept for a, n in zip(fr.arch, fr.n_layers)], dtype=bool)]
         if len(never):

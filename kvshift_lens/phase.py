@@ -253,6 +253,33 @@ def length_scaling(df: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFra
     return fr.reset_index(drop=True)
 
 
+def width_trend(length: pd.DataFrame) -> dict[tuple, str]:
+    """Per (arch, n_layers, n_heads) of a `length_scaling` table: "grows" if the frontier never falls and rises
+    somewhere as the sequence gets longer, "shrinks" if it falls somewhere, else "flat". A censored frontier
+    (some seed never succeeds) counts as above the widest width tried."""
+    out = {}
+    for key, g in length.groupby(["arch", "n_layers", "n_heads"]):
+        g = g.sort_values("seq_len")
+        level = np.where(g["n_reached"] == g["n_seeds"], g["all_seeds"], 2 * g["max_width"]).astype(float)
+        steps = np.diff(level)
+        out[tuple(key)] = "shrinks" if (steps < 0).any() else "grows" if (steps > 0).any() else "flat"
+    return out
+
+
+def non_monotone_seeds(df: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """Runs (arch, n_layers, n_heads, seq_len, seed) that fail at a width above one where the same seed succeeds:
+    columns arch, n_layers, seed, fails_at (the smallest such width)."""
+    rows = []
+    for (arch, layers, heads, seq, seed), g in df.groupby(["arch", "n_layers", "n_heads", "seq_len", "seed"]):
+        g = g.sort_values("d_model")
+        ok = (g["induction_acc"] >= threshold).to_numpy()
+        if ok.any():
+            after = g["d_model"].to_numpy()[int(ok.argmax()):][~ok[int(ok.argmax()):]]
+            if len(after):
+                rows.append({"arch": arch, "n_layers": int(layers), "seed": int(seed), "fails_at": int(after.min())})
+    return pd.DataFrame(rows, columns=["arch", "n_layers", "seed", "fails_at"])
+
+
 def plot_length_scaling(table: pd.DataFrame) -> Figure:
     """Median frontier width (bars: seed range; open marker: censored at the widest width) vs length."""
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)

@@ -165,3 +165,24 @@ def test_in_grid_keeps_only_declared_sweep_points():
     keep = phase.in_grid(raw, [{"model.arch": "vanilla,kvshift", "model.d_model": "4,8", "seed": "0,1"}])
     assert list(keep) == [True, True, False]
     assert list(phase.in_grid(raw, [{"model.d_model": 64}, {"seed": 1}])) == [False, True, True]
+
+
+def _length_row(seq_len: int, n_reached: int, all_seeds: float, max_width: float = 64.0) -> dict:
+    return {"arch": "kvshift", "n_layers": 1, "n_heads": 1, "seq_len": seq_len, "n_seeds": 3,
+            "n_reached": n_reached, "all_seeds": all_seeds, "max_width": max_width}
+
+
+def test_width_trend_calls_a_censored_short_length_a_shrinking_frontier():
+    grows = pd.DataFrame([_length_row(16, 3, 8.0), _length_row(32, 3, 16.0), _length_row(64, 3, 32.0)])
+    shrinks = pd.DataFrame([_length_row(16, 1, float("nan")), _length_row(32, 3, 8.0), _length_row(64, 3, 16.0)])
+    flat = pd.DataFrame([_length_row(16, 3, 8.0), _length_row(32, 3, 8.0)])
+    assert phase.width_trend(grows) == {("kvshift", 1, 1): "grows"}
+    assert phase.width_trend(shrinks) == {("kvshift", 1, 1): "shrinks"}
+    assert phase.width_trend(flat) == {("kvshift", 1, 1): "flat"}
+
+
+def test_non_monotone_seeds_lists_a_seed_that_fails_above_a_width_where_it_succeeded():
+    df = pd.DataFrame({"arch": "vanilla", "n_layers": 2, "n_heads": 1, "seq_len": 32, "seed": [0, 0, 0, 1, 1, 1],
+                       "d_model": [16, 32, 64] * 2, "induction_acc": [0.1, 0.95, 0.3, 0.1, 0.95, 0.96]})
+    out = phase.non_monotone_seeds(df)
+    assert out.to_dict("records") == [{"arch": "vanilla", "n_layers": 2, "seed": 0, "fails_at": 64}]
