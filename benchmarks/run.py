@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=ROOT / "results", help="directory for bench.json / bench.md")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the step benchmarks (default 1)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per shape")
-    p.add_argument("--sweep-steps", type=int, default=150, help="train.steps of each of the 4 sweep runs")
+    p.add_argument("--sweep-steps", type=int, default=600,
+                   help="train.steps of each of the 4 sweep runs (long enough that worker start-up, ~10 s, is not the measurement)")
     p.add_argument("--sweep-reps", type=int, default=1, help="repetitions of the basic/local_parallel pair")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd KV-shift")
     p.add_argument("--skip-subprocess", action="store_true", help="skip the sweep and training-run benches")
