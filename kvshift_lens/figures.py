@@ -151,8 +151,8 @@ def plot_curves(table: pd.DataFrame, title: str, value: str = "induction_acc", a
 
 
 def plot_final_vs(table: pd.DataFrame, xs: tuple[str, ...], title: str, value: str = "induction_acc",
-                  transform: Callable[[pd.Series], pd.Series] = lambda s: s) -> Figure:
-    """Final `value` (mean, 95% interval over seeds) vs each column in `xs`, one line per label."""
+                  transform: Callable[[pd.Series], pd.Series] = lambda s: s, ylabel: Optional[str] = None) -> Figure:
+    """Final `value` after `transform` (mean, 95% interval over seeds) vs each column in `xs`, one line per label."""
     final = final_rows(table).assign(**{value: lambda d: transform(d[value])})
     fig, axes = plt.subplots(1, len(xs), figsize=(5 * len(xs), 4), squeeze=False)
     for ax, x in zip(axes[0], xs):
@@ -160,7 +160,7 @@ def plot_final_vs(table: pd.DataFrame, xs: tuple[str, ...], title: str, value: s
             s = mean_ci(g, [x], value)
             ax.errorbar(s[x], s["mean"], yerr=[s["mean"] - s["lo"], s["hi"] - s["mean"]], marker="o", capsize=3,
                         label=label)
-        ax.set(xlabel=x, ylabel=f"final {value.replace('_', ' ')}", title=title)
+        ax.set(xlabel=x, ylabel=ylabel or f"final {value.replace('_', ' ')}", title=title)
         if x in ("n_params", "model.d_model"):
             ax.set_xscale("log")
         ax.legend(fontsize=8)
