@@ -14,11 +14,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from kvshift_lens.config import run_config
-from kvshift_lens.emergence import analyze_run
-from kvshift_lens.models import ConfigError
-from kvshift_lens.train import train
-
 
 def fail(message: str, run_dir: Path) -> None:
     """Print one error line, drop the directory hydra made if nothing was written, and exit 2."""
@@ -41,6 +36,13 @@ def launcher_threads() -> int:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    # Imported here, not at module level: a sweep's launcher process then skips torch + transformer_lens
+    # (~10 s); only the processes that train pay for them.
+    from kvshift_lens.config import run_config
+    from kvshift_lens.emergence import analyze_run
+    from kvshift_lens.models import ConfigError
+    from kvshift_lens.train import train
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         run = run_config(cfg)
