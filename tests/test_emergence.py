@@ -81,7 +81,7 @@ def test_rerun_adds_no_rows_and_rescores_only_missing_checkpoints(runs, tmp_path
 
 def test_summary_gains_emergence_keys_and_keeps_training_keys(runs):
     summary = json.loads((runs / "kvshift" / "summary.json").read_text())
-    assert {"steps_to_90", "seconds_to_90", "final_induction_acc"} <= set(summary)
+    assert set(summary) >= {"steps_to_90", "seconds_to_90", "final_induction_acc"}
     assert {"emergence_step", "phase_change_step", "induction_heads", "induction_mechanisms", "repeated_acc",
             "repeated_acc_induction_heads_ablated", "repeated_chance"} <= set(summary)
     assert len(summary["induction_heads"]) == len(summary["induction_mechanisms"])
