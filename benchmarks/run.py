@@ -193,6 +193,11 @@ def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: b
 
 TRAIN_SNIPPET = r"""
 import json, resource, sys, time
+def peak_rss_mb():  # VmHWM: this process's own peak; ru_maxrss would include the forking parent's (Linux exec)
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 from kvshift_lens.config import compose
 from kvshift_lens.train import train
@@ -202,7 +207,7 @@ print("BENCH_JSON" + json.dumps({
     "seconds_to_90": summary["seconds_to_90"], "steps_to_90": summary["steps_to_90"],
     "train_seconds": summary["train_seconds"], "final_induction_acc": summary["final_induction_acc"],
     "process_seconds": time.perf_counter() - t0,
-    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    "max_rss_mb": peak_rss_mb()}))
 """
 
 
