@@ -95,7 +95,7 @@ def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
         for group in opt.param_groups:
             group["lr"] = lr_at(state["step"], cfg)
         batch = _to(task.sample(cfg.batch_size, gen), device)
-        loss, _, _ = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

