@@ -1,18 +1,17 @@
-"""Phase diagram of induction learning (issue 5 §2): run the sweeps, then write results/phase_diagram*.
+"""Phase diagram of induction learning (issue 5 §2): run the sweep, then write results/phase_diagram*.
 
-    python -m experiments.phase_diagram                    # CPU profile: sweeps + outputs (resumable)
+    python -m experiments.phase_diagram                    # CPU profile: sweep + outputs (resumable)
     python -m experiments.phase_diagram --skip-train       # outputs only, from the finished runs
-    python -m experiments.phase_diagram --only phase_diagram_heads   # train one sweep, then all outputs
+    python -m experiments.phase_diagram --only heads       # train one grid, then outputs from all runs
     python -m experiments.phase_diagram --profile tiny --out-dir /tmp/pd --results-dir /tmp/pd/results
 
-Each profile is a list of `conf/experiment/*.yaml` sweeps sharing one sweep directory
-(`<out-dir>/sweeps/<name>`); each runs as `python -m experiments.train -m
-hydra/launcher=local_parallel +experiment=<file>` (2 jobs × 1 torch thread). Re-running skips the
-runs that already finished, so an interrupted command picks up where it stopped. Outputs (prefix
-`<name>`): the tidy per-run CSV, frontier / length / parameter-matched tables, heatmaps and
-plots, a provenance JSON (git commit, configs, seeds, wall and train seconds) and a markdown
-section with the verdicts.
-"""
+A profile is one `conf/experiment/*.yaml` whose `hydra.sweeper` (`hydra/sweeper=grids`) lists named
+grids; it runs as one `python -m experiments.train -m hydra/launcher=local_parallel
++experiment=<file>` multirun (2 jobs × 1 torch thread) into `<out-dir>/sweeps/<name>`. Re-running
+skips the runs that already finished, so an interrupted command picks up where it stopped. Outputs
+(prefix `<name>`): the tidy per-run CSV, frontier / length / parameter-matched tables, heatmaps and
+plots, a provenance JSON (git commit, grids, seeds, wall and train seconds) and a markdown section
+with the verdicts."""
 
 from __future__ import annotations
 
@@ -37,11 +36,7 @@ from kvshift_lens.train import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"
-PROFILES = {
-    "cpu": ["phase_diagram", "phase_diagram_length", "phase_diagram_length_vanilla", "phase_diagram_deep",
-            "phase_diagram_heads"],  # in priority order
-    "tiny": ["phase_diagram_tiny"],
-}
+PROFILES = {"cpu": "phase_diagram", "tiny": "phase_diagram_tiny"}  # profile -> experiment file (hydra/sweeper=grids)
 HISTORY = "sweep_history.jsonl"  # one line per sweep invocation, kept in the sweep directory
 
 
@@ -50,30 +45,33 @@ def experiment_spec(name: str) -> dict:
     return yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
 
 
-def sweep_command(experiment: str, out_dir: Path, n_jobs: int) -> list[str]:
-    """The hydra multirun command of one experiment file."""
-    return [sys.executable, "-m", "experiments.train", "-m", "hydra/launcher=local_parallel",
-            f"hydra.launcher.n_jobs={n_jobs}", f"+experiment={experiment}", f"out_dir={out_dir}"]
+def grids_of(spec: dict) -> dict[str, dict]:
+    """Each named grid of an experiment's `hydra.sweeper`, with the shared params filled in (the grid wins)."""
+    sweeper = spec["hydra"]["sweeper"]
+    return {name: {**(sweeper.get("params") or {}), **grid} for name, grid in sweeper["grids"].items()}
 
 
-def run_sweeps(experiments: Sequence[str], out_dir: Path, n_jobs: int) -> list[dict]:
-    """Run each experiment's multirun in turn (finished runs are skipped); return timings per sweep."""
-    log = []
-    for name in experiments:
-        cmd = sweep_command(name, out_dir, n_jobs)
-        print("$", " ".join(cmd[1:]), flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"sweep {name} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-        entry = {"experiment": name, "command": " ".join(["python", *cmd[1:]]),
-                 "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "wall_seconds": round(time.perf_counter() - t0, 1)}
-        log.append(entry)
-        history = out_dir / "sweeps" / experiment_spec(name)["name"] / HISTORY
-        with history.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-    return log
+def sweep_command(experiment: str, out_dir: Path, n_jobs: int, only: Sequence[str] = ()) -> list[str]:
+    """The hydra multirun command of one experiment file (optionally only some of its grids)."""
+    cmd = [sys.executable, "-m", "experiments.train", "-m", "hydra/launcher=local_parallel",
+           f"hydra.launcher.n_jobs={n_jobs}", f"+experiment={experiment}", f"out_dir={out_dir}"]
+    return cmd + ([f"hydra.sweeper.only=[{','.join(only)}]"] if only else [])
+
+
+def run_sweep(experiment: str, out_dir: Path, n_jobs: int, only: Sequence[str] = ()) -> dict:
+    """Run the experiment's multirun (finished runs are skipped); record and return its timing."""
+    cmd = sweep_command(experiment, out_dir, n_jobs, only)
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"sweep {experiment} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    entry = {"experiment": experiment, "command": " ".join(["python", *cmd[1:]]),
+             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "wall_seconds": round(time.perf_counter() - t0, 1)}
+    with (out_dir / "sweeps" / experiment_spec(experiment)["name"] / HISTORY).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return entry
 
 
 def sweep_history(sweep_dir: Path) -> list[dict]:
@@ -277,37 +275,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
     parser.add_argument("--n-jobs", type=int, default=2, help="parallel training processes (1 thread each)")
     parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
-    parser.add_argument("--only", nargs="+", metavar="EXPERIMENT",
-                        help="train only these sweeps of the profile (outputs still cover all its finished runs)")
+    parser.add_argument("--only", nargs="+", metavar="GRID",
+                        help="train only these grids of the profile (outputs still cover all its finished runs)")
     args = parser.parse_args(argv)
 
-    experiments = PROFILES[args.profile]
-    unknown = sorted(set(args.only or ()) - set(experiments))
+    experiment = PROFILES[args.profile]
+    spec = experiment_spec(experiment)
+    grids = grids_of(spec)
+    unknown = sorted(set(args.only or ()) - set(grids))
     if unknown:
-        sys.exit(f"--only {unknown}: not in profile {args.profile} ({experiments})")
-    specs = {name: experiment_spec(name) for name in experiments}
-    names = {s["name"] for s in specs.values()}
-    if len(names) != 1:
-        sys.exit(f"experiments of profile {args.profile} must share one sweep name, got {sorted(names)}")
-    name = names.pop()
+        sys.exit(f"--only {unknown}: not a grid of conf/experiment/{experiment}.yaml (grids: {list(grids)})")
+    name = spec["name"]
     t0 = time.perf_counter()
-    to_train = [] if args.skip_train else [e for e in experiments if not args.only or e in args.only]
-    sweeps = run_sweeps(to_train, args.out_dir.resolve(), args.n_jobs)
+    sweeps = [] if args.skip_train else [run_sweep(experiment, args.out_dir.resolve(), args.n_jobs, args.only or ())]
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    first = next(iter(specs.values()))
     provenance = {
         "command": "python -m experiments.phase_diagram" + ("" if args.profile == "cpu" else f" --profile {args.profile}"),
         "profile": args.profile, "git_commit": git_commit(), "git_dirty": dirty.splitlines(),
-        "experiments": {n: {"file": f"conf/experiment/{n}.yaml", "sweeper_params": s["hydra"]["sweeper"]["params"]}
-                        for n, s in specs.items()},
-        "train_overrides": first.get("train", {}),
+        "experiment": {"file": f"conf/experiment/{experiment}.yaml", "grids": grids},
+        "train_overrides": spec.get("train", {}),
         "sweeps_this_invocation": sweeps, "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
         "sweep_history": sweep_history(args.out_dir / "sweeps" / name),
         "n_jobs": args.n_jobs, "python": platform.python_version(), "torch": torch.__version__,
         "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
     }
-    grids = [s["hydra"]["sweeper"]["params"] for s in specs.values()]
-    paths = write_outputs(args.out_dir / "sweeps" / name, args.results_dir, name, provenance, grids)
+    paths = write_outputs(args.out_dir / "sweeps" / name, args.results_dir, name, provenance, list(grids.values()))
     splice_section(args.results_dir / "REPORT.md", "phase_diagram", paths["md"].read_text())
     print("\n".join(f"wrote {p}" for p in paths.values()))
 

@@ -14,6 +14,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:  # Hydra finds our sweeper plugin (hydra_plugins/, beside conf/) on sys.path
+    sys.path.append(ROOT)
+
 
 def fail(message: str, run_dir: Path) -> None:
     """Print one error line, drop the directory hydra made if nothing was written, and exit 2."""

@@ -247,8 +247,8 @@ def length_scaling(df: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFra
     slopes = {}
     for key, g in fr.groupby(keys):
         ok = g[g["n_reached"] == g["n_seeds"]]
-        slopes[key] = (float(np.polyfit(np.log2(ok["seq_len"]), np.log2(ok["median"]), 1)[0])
-                       if len(ok) >= 2 else math.nan)
+        slope = np.polyfit(np.log2(ok["seq_len"]), np.log2(ok["median"]), 1)[0] if len(ok) >= 2 else math.nan
+        slopes[key] = round(float(slope), 6) + 0.0  # a flat frontier reads 0, not -1e-16 or -0
     fr["slope"] = [slopes[tuple(k)] for k in fr[keys].itertuples(index=False)]
     return fr.reset_index(drop=True)
 
