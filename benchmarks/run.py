@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     started = time.perf_counter()
+    commit = git_commit()  # before the first partial write of bench.json makes the tree dirty
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
             "datagen_vs_consumption": min(d["datagen_vs_consumption"] for d in details),
             "seconds_to_90pct_induction": training["seconds_to_90"],
             "peak_rss_mb": round(training["max_rss_mb"], 1),
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "machine": machine_info(device),
             "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
             "quick": args.quick,
