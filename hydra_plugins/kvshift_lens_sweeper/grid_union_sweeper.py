@@ -3,9 +3,9 @@
 Hydra's basic sweeper runs one cartesian product per invocation. A study made of sub-grids
 (say, every width at seq 32 plus a few widths at other lengths) then needs one invocation per
 sub-grid, each paying the launcher's worker start-up and an idle tail. This sweeper takes named
-grids, expands each like the basic sweeper (`params` are shared by all grids; command-line
-overrides win over both; a grid's keys vary slowest, shared params
-fastest), drops duplicate jobs, and hands the whole list to the launcher at once:
+grids, expands each like the basic sweeper (`params` are shared by all grids, a grid's own entry
+wins over them and the command line over both; a grid's keys vary slowest, shared params fastest),
+drops duplicate jobs, and hands the whole list to the launcher at once:
 
     hydra:
       sweeper:
