@@ -4,13 +4,16 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from hydra_plugins.kvshift_lens_sweeper.grid_union_sweeper import GridUnionSweeper
+from hydra_plugins.kvshift_lens_sweeper import grid_union_sweeper
+
+# Hydra's plugin scan (run by any in-process compose, e.g. other tests) re-executes plugin modules,
+# so the class is looked up at call time rather than bound once at import.
 
 GRIDS = {"main": {"arch": "v,k", "d": "8,4"}, "extra": {"arch": "k", "d": "4,2", "seed": "9"}}
 
 
 def jobs(params: dict, grids: dict, command_line: list[str] = (), only=None) -> list[list[str]]:
-    sweeper = GridUnionSweeper(max_batch_size=None, params=params, grids=grids, only=only)
+    sweeper = grid_union_sweeper.GridUnionSweeper(max_batch_size=None, params=params, grids=grids, only=only)
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(command_line))
     (batch,) = sweeper.split_arguments(overrides, None)
     return batch
@@ -37,10 +40,10 @@ def test_command_line_wins_over_grids_and_shared_params():
 def test_only_runs_the_named_grids_and_rejects_unknown_names():
     assert jobs({"seed": "0"}, GRIDS, only=["extra"]) == [["arch=k", "d=4", "seed=9"], ["arch=k", "d=2", "seed=9"]]
     with pytest.raises(HydraException, match="no such grid"):
-        GridUnionSweeper(max_batch_size=None, grids=GRIDS, only=["nope"])
+        grid_union_sweeper.GridUnionSweeper(max_batch_size=None, grids=GRIDS, only=["nope"])
 
 
 def test_max_batch_size_splits_the_union_into_launches():
-    sweeper = GridUnionSweeper(max_batch_size=3, params={}, grids=GRIDS)
+    sweeper = grid_union_sweeper.GridUnionSweeper(max_batch_size=3, params={}, grids=GRIDS)
     batches = sweeper.split_arguments(OverridesParser.create().parse_overrides([]), 3)
     assert [len(b) for b in batches] == [3, 3]
