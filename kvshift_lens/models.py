@@ -252,7 +252,11 @@ def build_module(cfg: ModelConfig) -> NativeModel:
         unknown = sorted(set(mixers) - set(SLOTS))
         if unknown:
             raise TypeError(f"mixer {cfg.mixer.name!r} built modules for unknown slot(s) {unknown}; slots: {list(SLOTS)}")
-        model.layers[layer] = MixerBlock(native_cfg, tl_cfg, cfg, mixers, rotary=model.rotary)
+        model.layers[layer] = block = MixerBlock(native_cfg, tl_cfg, cfg, mixers, rotary=model.rotary)
+        unplaced = sorted(set(mixers) - set(block.all_mixers()))
+        if unplaced:
+            raise ConfigError(f"model.mixer={cfg.mixer.name!r} has modules for MLP slot(s) {unplaced} but "
+                              f"model.attn_only=true; set model.attn_only=false")
     model.cfg = tl_cfg
     object.__setattr__(model, "kv_cfg", cfg)
     init_weights(model, cfg)

@@ -16,7 +16,9 @@ from kvshift_lens.config import CONF_DIR, compose
 from kvshift_lens.detect import head_scores
 from kvshift_lens.emergence import run_checkpoints
 from kvshift_lens.mixers import MIXERS, LagMixer, MixerOptions, register_mixer
-from kvshift_lens.models import load_model, mixer_coefficients
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.models import build_module, load_model, mixer_coefficients
 from kvshift_lens.tasks import TASKS, Batch, Task, TaskConfig, make_task, register_task
 from kvshift_lens.tasks.base import N_SPECIAL, check, with_bos
 from kvshift_lens.train import TrainConfig, train
@@ -107,6 +109,23 @@ def test_a_mixer_and_a_task_from_one_file_each_train_and_are_analysed_like_the_b
     assert len(scores) == 3 * 2 and scores.value.notna().all()
     table = classify_heads(model, batch_size=4)
     assert len(table) == 2 and set(table.mechanism) <= {"none", "mixer-mediated", "composition-mediated"}
+
+
+def test_a_mixer_whose_modules_need_an_mlp_is_refused_on_an_attention_only_model():
+    @dataclass
+    class HiddenOnly(MixerOptions):
+        name: Literal["toy_hidden_only"] = "toy_hidden_only"
+
+        def build(self, cfg, layer: int) -> dict[str, LagMixer]:
+            return {"mlp_hidden": EchoKey(cfg.mlp_width, 0.5)}
+
+    register_mixer(HiddenOnly)
+    try:
+        with pytest.raises(ConfigError, match="model.attn_only=true"):
+            build_module(ModelConfig(mixer="toy_hidden_only", d_model=8, n_heads=2))
+        assert build_module(ModelConfig(mixer="toy_hidden_only", d_model=8, n_heads=2, attn_only=False))
+    finally:
+        MIXERS.unregister("toy_hidden_only")
 
 
 def test_a_built_in_name_cannot_be_registered_twice():
