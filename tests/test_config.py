@@ -64,3 +64,28 @@ def test_every_experiment_sweep_point_composes(experiment):
         for point in _grid_points({**shared, **grid}):
             run = compose([f"+experiment={experiment}", *point])
             assert run.model.n_layers >= 1
+
+
+def test_run_config_columns_flatten_the_mixer_and_derive_arch_for_new_and_legacy_runs(tmp_path):
+    import json
+
+    from kvshift_lens.analysis import load_runs
+    from kvshift_lens.model_config import ModelConfig
+
+    legacy_model = {"arch": "kvshift", "shift": "k", "shift_param": "gate", "shift_window": 2, "n_layers": 1, "seed": 3}
+    configs = {
+        "legacy": {"model": legacy_model, "task": {"name": "induction", "d_vocab": 16, "seq_len": 16, "seed": 3,
+                                                   "n_pairs": 200, "hops": 2, "alphabet_size": 4}},
+        "canon": {"model": ModelConfig(mixer="canon", seed=3).to_dict(), "task": {"name": "mqar", "seed": 3}},
+        "vanilla": {"model": ModelConfig(mixer="none", seed=3).to_dict(), "task": {"name": "induction", "seed": 3}},
+    }
+    for name, cfg in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**cfg, "train": {"lr": 0.01}}))
+        (tmp_path / name / "metrics.csv").write_text("step,induction_acc\n0,0.1\n")
+    df = load_runs(tmp_path).set_index("run")
+    assert dict(df["model.arch"]) == {"legacy": "kvshift", "canon": "canon", "vanilla": "vanilla"}
+    assert dict(df["model.mixer.name"]) == {"legacy": "kv_shift", "canon": "canon", "vanilla": "none"}
+    assert df.loc["legacy", "model.mixer.sides"] == "k" and df.loc["legacy", "model.mixer.window"] == 2
+    assert df.loc["canon", "model.mixer.positions"] == "AB" and (df["seed"] == 3).all()
+    assert "model.shift" not in df and "task.n_pairs" not in df  # legacy knobs read in the current layout
