@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -190,6 +191,119 @@ def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: b
     return row
 
 
+# --------------------------------------------------------------------------- mixers (issue 13 §5)
+
+MIXER_TARGET = ("<=", 1.15)  # each mixer's training step vs vanilla at the default training shape
+DEFAULT_RUN_STEPS = 3000  # conf/train/default.yaml: the run length a compile must pay back within
+
+
+def mixer_model_config(shape: Shape, mixer: str):
+    """The bare model of `shape` with `mixer` at its default options ("none" = vanilla)."""
+    from kvshift_lens.models import ModelConfig
+
+    return ModelConfig(mixer=mixer, n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
+                       d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0)
+
+
+def shape_tokens(shape: Shape, device: torch.device) -> torch.Tensor:
+    """One induction batch of the shape (the same tokens for every variant)."""
+    from kvshift_lens.tasks import make_task, task_config
+
+    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
+    return task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
+
+
+def samples_per_round(step: Callable[[], None], device: torch.device) -> int:
+    """Steps per timed sample so that one sample is ~0.15 s of work."""
+    probe = interleaved({"probe": step}, 1, 1, device, warmup=1)["probe"][0]
+    return max(1, min(20, round(0.15 / max(probe, 1e-6))))
+
+
+def bench_mixers(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:
+    """Training-step time of vanilla and every registered mixer (default options), interleaved in one
+    process: `mixer_vs_vanilla` maps mixer -> median per-round ratio to vanilla."""
+    from kvshift_lens.mixers import MIXERS
+    from kvshift_lens.models import build_module
+
+    tokens = shape_tokens(shape, device)
+    variants = {name: make_step(build_module(mixer_model_config(shape, name)).to(device).train(), tokens)
+                for name in MIXERS.names()}
+    inner = samples_per_round(variants["none"], device)
+    times = interleaved(variants, rounds, inner, device, warmup=warmup)
+    return {"shape": shape.label, "ms_per_step": {n: round(1e3 * statistics.median(t), 3) for n, t in times.items()},
+            "mixer_vs_vanilla": {n: round(ratio(times, n, "none"), 3) for n in variants if n != "none"},
+            "rounds": rounds, "steps_per_sample": inner}
+
+
+def bench_compile(shape: Shape, device: torch.device, mixers: list[str], rounds: int, cache_dir: Path) -> dict:
+    """Whether `train.compile=true` pays back, per mixer: compile seconds with an empty and with a warm
+    inductor cache (first compiled step minus a compiled step), eager vs compiled step time (interleaved,
+    with eager vanilla), and the steps after which the compile is paid back (None: compiled is not faster)."""
+    from kvshift_lens.models import build_module
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)  # empty: the first compile is a cold one
+    tokens = shape_tokens(shape, device)
+    vanilla = make_step(build_module(mixer_model_config(shape, "none")).to(device).train(), tokens)
+    out = {}
+    for name in mixers:
+        firsts = []
+        for _ in ("cold", "warm"):  # the second compile of the same graph reads inductor's on-disk cache
+            torch._dynamo.reset()
+            compiled = make_step(torch.compile(build_module(mixer_model_config(shape, name)).to(device).train()), tokens)
+            sync(device)
+            t0 = time.perf_counter()
+            compiled()
+            sync(device)
+            firsts.append(time.perf_counter() - t0)
+        eager = make_step(build_module(mixer_model_config(shape, name)).to(device).train(), tokens)
+        inner = samples_per_round(eager, device)
+        times = interleaved({"vanilla": vanilla, "eager": eager, "compiled": compiled}, rounds, inner, device)
+        eager_s, compiled_s = statistics.median(times["eager"]), statistics.median(times["compiled"])
+        saved = eager_s - compiled_s
+        cold, warm = (max(f - compiled_s, 0.0) for f in firsts)
+        payback = {k: (math.ceil(v / saved) if saved > 0 else None) for k, v in (("cold", cold), ("warm", warm))}
+        out[name] = {
+            "compile_seconds": {"cold": round(cold, 2), "warm": round(warm, 2)},
+            "ms_per_step": {"eager": round(1e3 * eager_s, 3), "compiled": round(1e3 * compiled_s, 3),
+                            "vanilla_eager": round(1e3 * statistics.median(times["vanilla"]), 3)},
+            "compiled_vs_eager": round(ratio(times, "compiled", "eager"), 3),
+            "compiled_vs_vanilla": round(ratio(times, "compiled", "vanilla"), 3),
+            "payback_steps": payback,
+            "pays_back_in_default_run": {k: v is not None and v <= DEFAULT_RUN_STEPS for k, v in payback.items()},
+        }
+    return {"shape": shape.label, "default_run_steps": DEFAULT_RUN_STEPS, "rounds": rounds, "mixers": out,
+            "note": "compile seconds = first compiled step minus a compiled step; 'cold' with an empty inductor "
+                    "cache (a fresh machine or run), 'warm' when an earlier run compiled the same shapes (a sweep "
+                    "after its first run); payback = compile seconds / seconds saved per step"}
+
+
+def mixer_verdicts(mixer_vs_vanilla: dict[str, float]) -> dict:
+    """Per mixer: its ratio to vanilla against MIXER_TARGET."""
+    op, bound = MIXER_TARGET
+    return {name: {"target": f"{op} {bound}", "value": v, "met": v <= bound} for name, v in mixer_vs_vanilla.items()}
+
+
+def mixers_markdown(res: dict) -> list[str]:
+    """bench.md lines for the mixer ratios and the compiled path."""
+    m = res["mixers"]
+    lines = ["", f"## Mixers: training step vs vanilla ({m['shape']}, default options, interleaved)", "",
+             "| mixer | ms / step | / vanilla | target met |", "|---|---|---|---|",
+             f"| none (vanilla) | {m['ms_per_step']['none']} | 1 | - |"]
+    lines += [f"| {n} | {m['ms_per_step'][n]} | {v['value']} | {'yes' if v['met'] else 'NO'} |"
+              for n, v in res["mixer_targets"].items()]
+    c = res.get("compile_payback")
+    if c and c["mixers"]:
+        lines += ["", f"## `train.compile=true` ({c['shape']}): does the compile pay back within {c['default_run_steps']} steps?", "",
+                  "| mixer | compile s cold / warm | eager ms | compiled ms | compiled / vanilla eager | payback steps cold / warm |",
+                  "|---|---|---|---|---|---|"]
+        for n, d in c["mixers"].items():
+            lines.append(f"| {n} | {d['compile_seconds']['cold']} / {d['compile_seconds']['warm']} | {d['ms_per_step']['eager']} | "
+                         f"{d['ms_per_step']['compiled']} | {d['compiled_vs_vanilla']} | "
+                         f"{d['payback_steps']['cold']} / {d['payback_steps']['warm']} |")
+        lines += ["", c["note"]]
+    return lines
+
+
 # --------------------------------------------------------------------------- subprocess benches
 
 TRAIN_SNIPPET = r"""
@@ -366,7 +480,7 @@ def to_markdown(res: dict) -> str:
               f"`{' '.join(res['training_run']['overrides'])}`: seconds_to_90 = {res['training_run']['seconds_to_90']} "
               f"(step {res['training_run']['steps_to_90']}), train_seconds = {res['training_run']['train_seconds']}, "
               f"process {res['training_run']['process_seconds']:.1f} s, max RSS {res['training_run']['max_rss_mb']:.0f} MB", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + mixers_markdown(res))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -380,6 +494,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sweep-reps", type=int, default=1, help="repetitions of the basic/local_parallel pair")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd KV-shift")
     p.add_argument("--skip-subprocess", action="store_true", help="skip the sweep and training-run benches")
+    p.add_argument("--compile-mixers", nargs="*", default=None, metavar="MIXER",
+                   help="mixers whose train.compile payback is measured (default: kv_shift canon; none with --quick)")
     args = p.parse_args(argv)
 
     started = time.perf_counter()
@@ -398,6 +514,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"van/ref={row['vanilla_vs_sdpa']} kv/ref={row['kvshift_vs_sdpa']} "
               f"datagen/consumed={row['datagen_vs_consumption']}", flush=True)
 
+    mixers = bench_mixers(shapes[0], device, rounds, warmup=1 if args.quick else 3)
+    print(f"[bench] mixers vs vanilla ({mixers['shape']}): {mixers['mixer_vs_vanilla']}", flush=True)
+    compile_mixers = args.compile_mixers if args.compile_mixers is not None else ([] if args.quick else ["kv_shift", "canon"])
+    with tempfile.TemporaryDirectory(prefix="kvshift_inductor_") as cache:
+        compiled = bench_compile(shapes[0], device, compile_mixers, rounds, Path(cache))
+    for name, d in compiled["mixers"].items():
+        print(f"[bench] compile {name}: {d['compile_seconds']} s, compiled/eager {d['compiled_vs_eager']}, "
+              f"payback steps {d['payback_steps']}", flush=True)
+
     def emit(training: dict, sweep: dict) -> dict:
         res = {
             "step_ratio_vs_sdpa": max(max(d["vanilla_vs_sdpa"], d["kvshift_vs_sdpa"]) for d in details),
@@ -413,6 +538,10 @@ def main(argv: list[str] | None = None) -> dict:
             "details": details,
             "training_run": training,
             "sweep": sweep,
+            "mixer_vs_vanilla": mixers["mixer_vs_vanilla"],
+            "mixer_targets": mixer_verdicts(mixers["mixer_vs_vanilla"]),
+            "mixers": mixers,
+            "compile_payback": compiled,
         }
         res["targets"] = verdicts(res)
         res["total_seconds"] = round(time.perf_counter() - started, 1)

@@ -53,6 +53,7 @@ class TrainConfig:
     n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
     stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    compile: bool = False  # torch.compile the model for the training steps (make bench: compile_payback says when it pays)
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
 
     def validate(self) -> None:
@@ -244,6 +245,7 @@ def train(
 
     model = build_module(model_cfg).to(device)
     model.train()
+    forward = torch.compile(model) if cfg.compile else model  # training steps only: evaluation and checkpoints stay eager
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(model_cfg.seed)
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
@@ -257,7 +259,7 @@ def train(
     run_config = json.dumps({"model": model_cfg.to_dict(), "task": dataclasses.asdict(task_cfg),
                              "train": dataclasses.asdict(cfg)}, sort_keys=True)
     identity = json.loads(run_config)
-    for where in ("threads", "device"):  # where a run executes does not change what it computes
+    for where in ("threads", "device", "compile"):  # how a run executes does not change what it computes (up to rounding)
         identity["train"].pop(where)
     step, train_seconds, rows, recent = 0, 0.0, [], []
     if resume_path.exists():
@@ -295,7 +297,7 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         batch = _to(task.sample(cfg.batch_size, data_gen), device)
-        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        loss = batch_loss(forward(batch.tokens), batch, cfg.loss_on)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

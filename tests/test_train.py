@@ -178,3 +178,17 @@ def test_stop_at_ends_at_first_evaluation_reaching_threshold_and_stays_stopped_o
                                   full[full.step <= first].drop(columns="train_seconds").reset_index(drop=True))
     again = train(TINY_MODEL, task, tiny_train(stop_at=threshold), tmp_path / "stop", progress=False)
     assert again["final_step"] == first
+
+
+def test_compiled_training_reaches_the_eager_losses_within_float_tolerance(tmp_path):
+    # train.compile=true runs the same optimisation through torch.compile: same losses up to rounding.
+    task = task_config("induction", d_vocab=16, seq_len=8, seed=0)
+    model = ModelConfig(mixer="canon", n_layers=1, d_model=8, n_heads=1, d_vocab=16, n_ctx=8, seed=0)
+    cfg = dict(steps=6, batch_size=4, eval_every=3, eval_size=8, warmup=1, n_checkpoints=0)
+    eager = train(model, task, tiny_train(**cfg), tmp_path / "eager", progress=False)
+    compiled = train(model, task, tiny_train(**cfg, compile=True), tmp_path / "compiled", progress=False)
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("eager", "compiled"))
+    assert a["train_loss"].notna().sum() == 2
+    pd.testing.assert_series_equal(a["train_loss"], b["train_loss"], rtol=1e-4, atol=1e-5)
+    pd.testing.assert_series_equal(a["eval_loss"], b["eval_loss"], rtol=1e-4, atol=1e-5)
+    assert compiled["final_step"] == eager["final_step"] == 6

@@ -10,10 +10,11 @@ from kvshift_lens.mixers.base import (
     DepthwiseCausalConv,
     LagMixer,
     MixerOptions,
+    lag_mix,
     register_mixer,
     shift,
 )
 from kvshift_lens.mixers import canon, kv_shift, none, primer_dconv, short_conv, smeared_key, token_shift  # noqa: F401  (register)
 
 __all__ = ["ATTENTION_SLOTS", "BLOCK_SLOTS", "MIXERS", "MLP_SLOTS", "SLOTS", "DepthwiseCausalConv", "LagMixer",
-           "MixerOptions", "register_mixer", "shift"]
+           "MixerOptions", "lag_mix", "register_mixer", "shift"]

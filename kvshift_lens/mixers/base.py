@@ -51,6 +51,51 @@ def shift(x: torch.Tensor, j: int = 1) -> torch.Tensor:
     return F.pad(x[:, : max(x.shape[1] - j, 0)], pad)
 
 
+class _LagMix(torch.autograd.Function):
+    """Σ_j c_j ⊙ shift(x, j) accumulated lag by lag into one buffer, with a hand-written backward (`lag_mix`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, c: torch.Tensor, exact: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, c)
+        ce = c.expand(c.shape[0], *x.shape[2:]).contiguous()  # [lags, *feature]: a dense multiplier is fastest
+        out = x * ce[0]
+        for j in range(1, min(c.shape[0], x.shape[1])):  # the term c_j ⊙ x_{t-j}, zero at t < j
+            if exact:
+                out[:, j:] += ce[j] * x[:, :-j]
+            else:
+                out[:, j:].addcmul_(ce[j], x[:, :-j])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None]:
+        x, c = ctx.saved_tensors
+        grad = grad.contiguous()  # attention's backward hands it over transposed; strided passes are slower
+        ce = c.expand(c.shape[0], *x.shape[2:]).contiguous()
+        lags, seq = c.shape[0], x.shape[1]
+        grad_x = grad_c = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad * ce[0]
+            for j in range(1, min(lags, seq)):
+                grad_x[:, :-j].addcmul_(ce[j], grad[:, j:])
+        if ctx.needs_input_grad[1]:
+            grad_c = torch.stack([(grad[:, j:] * x[:, : seq - j]).sum((0, 1)) if j < seq else torch.zeros_like(ce[0])
+                                  for j in range(lags)]).sum_to_size(c.shape)
+        return grad_x, grad_c, None
+
+
+def lag_mix(x: torch.Tensor, c: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """Σ_j c_j ⊙ shift(x, j): x [batch, pos, *feature], c [lags, *f] with f broadcasting against `feature`.
+
+    Accumulates lag by lag into one buffer instead of through padded copies, with the backward written
+    out (one pass per lag for x, one product and reduction per lag for c): on CPU about 2.5x faster than
+    autograd of the plain formula (`make bench`: `mixer_vs_vanilla`). By default each lag is one fused
+    multiply-add (`addcmul_`), which may round differently in the last bit; `exact=True` rounds each
+    product before adding it, so the forward is bit-identical to `c[0] * x + c[1] * shift(x, 1) + ...`
+    (positions t < j add nothing instead of c_j·0).
+    """
+    return _LagMix.apply(x, c, exact)
+
+
 class LagMixer(nn.Module):
     """A causal affine token mixer: out_t = Σ_j c_j ⊙ x_{t-j} + b, c = `lag_coefficients()`.
 
@@ -82,10 +127,7 @@ class LagMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [batch, pos, *feature] -> mixed, same shape."""
-        c = self.lag_coefficients()  # [lags, *feature]
-        out = c[0] * x
-        for j in range(1, c.shape[0]):
-            out = out + c[j] * shift(x, j)
+        out = lag_mix(x, self.lag_coefficients())  # Σ_j c_j ⊙ shift(x, j), c [lags, *feature]
         bias = self.bias_term()
         return out if bias is None else out + bias
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from kvshift_lens.errors import ConfigError
-from kvshift_lens.mixers.base import LagMixer, MixerOptions, register_mixer, shift
+from kvshift_lens.mixers.base import LagMixer, MixerOptions, lag_mix, register_mixer
 
 if TYPE_CHECKING:
     from kvshift_lens.model_config import ModelConfig
@@ -63,19 +63,17 @@ class KVShift(LagMixer):
             c = torch.log(c[:, :-1]) - torch.log(c[:, -1:])
         self.weight.copy_(c)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [batch, pos, head, d_head] -> α1·x + α2·shift(x) (window w: + ... + c_w·shift(x, w)), same shape.
+
+        `exact`: each product rounded before the sum, bit-identical to the pre-registry code (pinned digests)."""
+        return lag_mix(x, self.lag_coefficients(), exact=True)  # c [window+1, head, 1]
+
     @torch.no_grad()
     def project_(self) -> None:
         """Clamp raw parameters to [0, 1] after an optimizer step (clamp01)."""
         if self.param == "clamp01":
             self.weight.clamp_(0.0, 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [batch, pos, head, d_head] -> shifted mix, same shape."""
-        c = self.coefficients()  # [head, window+1]
-        out = c[:, 0, None] * x
-        for j in range(1, self.window + 1):
-            out = out + c[:, j, None] * shift(x, j)
-        return out
 
 
 @register_mixer
