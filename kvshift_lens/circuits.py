@@ -18,8 +18,8 @@ from transformer_lens import ActivationCache, TransformerBridge
 from transformer_lens.utilities import get_act_name
 
 from kvshift_lens.detect import (
-    attention_patterns, direct_logits, head_scores, induction_rows, induction_score, repeat_period,
-    repeated_tokens, scored_mask,
+    attention_patterns, direct_logits, head_scores, induction_score, induction_targets, repeat_period,
+    repeated_tokens, scored_mask, target_attention,
 )
 from kvshift_lens.models import attention_layers, model_config
 
@@ -80,20 +80,29 @@ def _fraction(part: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, part / total, torch.full_like(total, float("nan")))
 
 
+def scored_induction_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """The induction target of every scored, unambiguous query of a `[BOS] r r` batch: bool [batch, q, k]."""
+    return induction_targets(tokens) & scored_mask(tokens, repeat_period(tokens))[:, :, None]
+
+
 @torch.no_grad()
-def path_fractions(model: TransformerBridge, tokens: torch.Tensor) -> pd.DataFrame:
-    """Per head, at the scored `induction_rows` of a `[BOS] r r` batch: the share of the target key's logit
-    margin carried by key lags >= 1, i.e. earlier tokens mixed into the key (prev_key_fraction; α2's share
-    for KV shift), and the share of the direct answer logit carried by the attended tokens' own values,
-    value lag 0 (own_value_fraction; β1's share for KV shift), with the totals they divide.
+def path_fractions(model: TransformerBridge, tokens: torch.Tensor, targets: Optional[torch.Tensor] = None) -> pd.DataFrame:
+    """Per head, at the queries with one target key s in `targets` (bool [batch, q, k]; default: the scored
+    `induction_rows` of a `[BOS] r r` batch, s = t - L + 1), whose answer is the next token: the share of the
+    target key's logit margin carried by key lags >= 1, i.e. earlier tokens mixed into the key
+    (prev_key_fraction; α2's share for KV shift), and the share of the direct answer logit carried by the
+    attended tokens' own values, value lag 0 (own_value_fraction; β1's share for KV shift), with the totals
+    they divide. A task's own targets come from `Task.attention_targets`.
     """
     tokens = tokens.to(model.W_E.device)
-    period, seq = repeat_period(tokens), tokens.shape[1]
-    _, cache = model.run_with_cache(tokens)
-    scored = scored_mask(tokens, period) & induction_rows(tokens)  # unambiguous, next token scored
-    b_idx, t_idx = scored.nonzero(as_tuple=True)  # R rows
-    s_idx = t_idx - period + 1  # induction target key of each row
+    seq = tokens.shape[1]
+    targets = (scored_induction_targets(tokens) if targets is None else targets).to(tokens.device)
+    rows = targets.sum(-1) == 1
+    rows[:, -1] = False  # the last position has no next token to score
+    b_idx, t_idx = rows.nonzero(as_tuple=True)  # R rows
+    s_idx = targets[b_idx, t_idx].long().argmax(-1)  # the target key of each row
     answer = tokens[b_idx, t_idx + 1]  # [R]
+    _, cache = model.run_with_cache(tokens)
     keys = torch.arange(seq, device=tokens.device)
     others = (keys[None] <= t_idx[:, None]) & (keys[None] != s_idx[:, None])  # [R, k] causal non-targets
     scale = cache["ln_final.hook_scale"][b_idx, t_idx] if "ln_final.hook_scale" in cache.keys() else None  # [R, 1]
@@ -116,6 +125,35 @@ def path_fractions(model: TransformerBridge, tokens: torch.Tensor) -> pd.DataFra
                          margin[:, h].sum().item() / len(b_idx), dla[:, h].sum().item() / len(b_idx)))
     return pd.DataFrame(rows, columns=["layer", "head", "prev_key_fraction", "own_value_fraction",
                                        "target_logit_margin", "answer_logit"])
+
+
+@torch.no_grad()
+def target_heads(
+    model: TransformerBridge,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    attention_threshold: float = INDUCTION_THRESHOLD,
+    path_threshold: float = PATH_THRESHOLD,
+) -> pd.DataFrame:
+    """One row per head on a task's own batch, `targets` from `Task.attention_targets` (bool [batch, q, k]):
+    `target_attention` (mean attention on the target key over the target rows: `induction_score`'s statistic
+    on the task's rows), `path_fractions` at those rows, and `mechanism`: **mixer-mediated** when the target
+    is attended (>= attention_threshold) and prev_key_fraction and own_value_fraction reach path_threshold
+    (`classify_heads`' rule: matched through the earlier token mixed into the key, answered from the token's
+    own value), **direct** when it is attended with prev_key_fraction < path_threshold (matched on the key's
+    own token, e.g. stacked MQAR's pair tokens), else **none**.
+    """
+    tokens, targets = tokens.to(model.W_E.device), targets.to(model.W_E.device)
+    attention = target_attention(attention_patterns(model, tokens), targets)  # [layer, head]
+    table = path_fractions(model, tokens, targets)
+    table.insert(2, "target_attention", attention.flatten().tolist())
+    attended = table["target_attention"] >= attention_threshold
+    through_mixer = (table["prev_key_fraction"] >= path_threshold) & (table["own_value_fraction"] >= path_threshold)
+    table.insert(2, "mechanism", "none")
+    table.loc[attended & through_mixer, "mechanism"] = "mixer-mediated"
+    table.loc[attended & (table["prev_key_fraction"] < path_threshold), "mechanism"] = "direct"
+    return table
 
 
 def composition_baseline(model: TransformerBridge, samples: int = 256, seed: int = 0) -> float:

@@ -50,7 +50,7 @@ class TrainConfig:
     loss_on: str = "all"  # "all" next tokens | "scored" positions only
     eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
     eval_size: int = 512  # held-out sequences, fixed per seed
-    n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
+    n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis (> 0: the last step too)
     stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     compile: bool = False  # torch.compile the model for the training steps (make bench: compile_payback says when it pays)
@@ -318,6 +318,9 @@ def train(
                           "train_seconds": train_seconds, "recent": recent,
                           "config": json.dumps(identity, sort_keys=True)}, resume_path)
     bar.close()
+    final = run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
+    if cfg.n_checkpoints > 0 and not final.exists():  # stopped between scheduled checkpoints: keep the last model
+        save_model(model, final)
 
     summary = summarize(rows, threshold=0.9)
     summary.update({

@@ -7,9 +7,13 @@ import pytest
 import torch
 from test_detect import distinct_repeat, force_patterns, induction_pattern, previous_pattern, theorem2_model
 
-from kvshift_lens.circuits import classify_heads, composition_baseline, logit_terms, output_terms, path_fractions
+from kvshift_lens.circuits import (
+    classify_heads, composition_baseline, logit_terms, output_terms, path_fractions, scored_induction_targets,
+    target_heads,
+)
 from kvshift_lens.detect import repeated_tokens
 from kvshift_lens.models import ModelConfig, build_model, build_module, to_bridge
+from kvshift_lens.tasks import make_task, task_config
 
 CONFIGS = {
     "learned-kv": dict(),
@@ -114,3 +118,32 @@ def test_composition_baseline_is_the_chance_level_of_a_random_models_k_compositi
     model = build_model(ModelConfig(mixer="none", n_layers=2, n_heads=4, d_model=32, d_vocab=20))
     scores = model.all_composition_scores("K").scores[0, :, 1, :]  # layer 0 -> layer 1 head pairs
     assert scores.mean().item() == pytest.approx(composition_baseline(model), rel=0.25)
+
+
+def mqar_batch(batch=16):
+    """MQAR in the theorem-2 model's vocabulary and context (zeros between the queries), and its targets."""
+    task = make_task(task_config("mqar", d_vocab=32, seq_len=20, num_kv_pairs=4, random_non_queries=False))
+    b = task.sample(batch, torch.Generator().manual_seed(0))
+    return b.tokens, task.attention_targets(b)
+
+
+def test_default_targets_of_path_fractions_are_the_scored_induction_rows():
+    model, tokens = theorem2_model(alpha=(0.3, 0.7), beta=(0.8, 0.2)), distinct_repeat(10, 32, batch=8)
+    pd_default, pd_explicit = path_fractions(model, tokens), path_fractions(model, tokens, scored_induction_targets(tokens))
+    assert pd_default.equals(pd_explicit)
+
+
+def test_the_theorem2_head_recalls_mqar_values_through_the_shifted_key():
+    tokens, targets = mqar_batch()
+    row = target_heads(theorem2_model(), tokens, targets).iloc[0]
+    assert row.mechanism == "mixer-mediated" and row.target_attention > 0.9
+    assert row.prev_key_fraction == pytest.approx(1.0) and row.own_value_fraction == pytest.approx(1.0)
+
+
+def test_a_head_matching_the_key_token_itself_is_direct_and_one_missing_its_target_is_none():
+    tokens, targets = mqar_batch()
+    own_key = targets.roll(-1, dims=-1)  # the queried key's own context position (a stacked-MQAR-like target)
+    row = target_heads(theorem2_model(alpha=(1.0, 0.0)), tokens, own_key).iloc[0]
+    assert row.mechanism == "direct" and row.prev_key_fraction == pytest.approx(0.0)
+    assert row.target_attention == pytest.approx(0.5, abs=0.01)  # split with the query's own position
+    assert target_heads(theorem2_model(alpha=(1.0, 0.0)), tokens, targets).iloc[0].mechanism == "none"

@@ -351,3 +351,31 @@ def test_stacked_mqar_pairs_decode_to_distinct_keys_and_values_and_queries_targe
         assert all(bound[k] == v for k, v in zip(b.tokens[row, q].tolist(), b.tokens[row, q + 1].tolist()))
     after = b.tokens[:, 8:]
     assert (after < 2 * n + 1).all()  # fillers, keys and values only: no pair token after the context
+
+
+@pytest.mark.parametrize("name,knobs", [("induction", dict(d_vocab=64, seq_len=64)), ("induction", dict(d_vocab=16, seq_len=33)),
+                                        ("repeated_tokens", dict(d_vocab=64, seq_len=33)),
+                                        ("mqar", dict(d_vocab=64, seq_len=64, num_kv_pairs=12)),
+                                        ("stacked_mqar", dict(d_vocab=81, seq_len=64, num_kv_pairs=8))])
+def test_attention_targets_mark_one_earlier_key_per_scored_query_and_it_holds_the_answer(name, knobs):
+    task = make_task(task_config(name, **knobs))
+    b = task.sample(32, torch.Generator().manual_seed(3))
+    targets = task.attention_targets(b)  # [batch, q, k]
+    assert targets.shape == (*b.tokens.shape, b.tokens.shape[1]) and targets.dtype == torch.bool
+    assert torch.equal(targets.sum(-1), b.mask.long())  # exactly one key per scored query, none elsewhere
+    assert not targets.triu(1).any()  # causal: the key is at or before its query
+    rows, q, k = targets.nonzero(as_tuple=True)
+    answer = b.tokens[rows, q + 1]
+    if name == "stacked_mqar":  # the pair token holds the query's key and the answer as its value
+        n = task.cfg.n_symbols
+        pair = b.tokens[rows, k] - (2 * n + 1)
+        assert torch.equal(1 + pair // n, b.tokens[rows, q]) and torch.equal(n + 1 + pair % n, answer)
+    else:  # the key after an earlier occurrence of the query token holds the answer (the induction pattern)
+        assert torch.equal(b.tokens[rows, k], answer) and torch.equal(b.tokens[rows, k - 1], b.tokens[rows, q])
+        assert (k - 1 < q).all()
+
+
+@pytest.mark.parametrize("name", ["ngram", "hop_k"])
+def test_tasks_without_a_single_answer_key_define_no_attention_targets(name):
+    task = make_task(task_config(name))
+    assert task.attention_targets(task.sample(2, torch.Generator().manual_seed(0))) is None

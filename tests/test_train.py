@@ -178,6 +178,7 @@ def test_stop_at_ends_at_first_evaluation_reaching_threshold_and_stays_stopped_o
                                   full[full.step <= first].drop(columns="train_seconds").reset_index(drop=True))
     again = train(TINY_MODEL, task, tiny_train(stop_at=threshold), tmp_path / "stop", progress=False)
     assert again["final_step"] == first
+    assert (tmp_path / "stop" / "checkpoints" / f"step_{first:07d}.safetensors").exists()  # the stopped model is kept
 
 
 def test_compiled_training_reaches_the_eager_losses_within_float_tolerance(tmp_path):

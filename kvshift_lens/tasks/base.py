@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -55,6 +55,12 @@ class Task(ABC):
     @abstractmethod
     def chance_accuracy(self) -> float:
         """Accuracy of a uniform guess over the ids a scored target can take, for reports."""
+
+    def attention_targets(self, batch: Batch) -> Optional[Tensor]:
+        """Where a one-layer head that solves the task attends: bool [batch, q, k], True at the key holding
+        (or carrying) the answer of each scored query q; None when the task defines no single such key.
+        The circuit analysis of a task's own batches reads it (`kvshift_lens.circuits.target_heads`)."""
+        return None
 
 
 @dataclass
@@ -160,6 +166,12 @@ def random_subsets(batch: int, n: int, size: int, generator: torch.Generator) ->
     rank = fresh.long().cumsum(dim=1) - 1  # [batch, drawn]; order of first appearance
     keep = torch.where(fresh & (rank < n), rank, n)
     return torch.zeros(batch, n + 1, dtype=torch.long).scatter_(1, keep, drawn)[:, :n]
+
+
+def target_keys(positions: Tensor) -> Tensor:
+    """Key positions [batch, q] (-1: no target) as the bool target mask [batch, q, k] of `attention_targets`."""
+    seq = positions.shape[1]
+    return (positions[:, :, None] == torch.arange(seq)) & (positions[:, :, None] >= 0)
 
 
 def with_bos(body: Tensor, scored: Tensor) -> Batch:

@@ -45,8 +45,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kvshift_lens.tasks.base import N_SPECIAL, Batch, Task, TaskConfig, _group_by_token, random_subsets, \
-    register_task, walk, with_bos
+from kvshift_lens.tasks.base import N_SPECIAL, Batch, Task, TaskConfig, _group_by_token, previous_occurrence, \
+    random_subsets, register_task, target_keys, walk, with_bos
 
 
 @register_task
@@ -135,6 +135,10 @@ class InductionTask(Task):
         candidates = N_SPECIAL + random_subsets(batch_size, n, self.n_content, generator)  # [batch, n]
         ids, scored = _induction_layout(walk(batch_size, length, n, generator), n, length)
         return with_bos(candidates.gather(1, ids), scored)
+
+    def attention_targets(self, batch: Batch) -> Tensor:
+        """The token after the most recent earlier occurrence of each scored query (the induction pattern)."""
+        return target_keys(torch.where(batch.mask, previous_occurrence(batch.tokens) + 1, -1))
 
     @property
     def chance_accuracy(self) -> float:

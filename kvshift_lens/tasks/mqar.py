@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kvshift_lens.tasks.base import Batch, Task, TaskConfig, check, random_subsets, register_task
+from kvshift_lens.tasks.base import Batch, Task, TaskConfig, check, random_subsets, register_task, target_keys
 
 
 @register_task
@@ -100,6 +100,13 @@ class MQARTask(Task):
         context = torch.stack([keys, values], dim=2).flatten(1)  # [batch, 2n]: k1 v1 k2 v2 ...
         filler = cfg.d_vocab if cfg.random_non_queries else 0
         return recall_batch(context, keys, values, cfg.seq_len, cfg.power_a, filler, generator)
+
+    def attention_targets(self, batch: Batch) -> Tensor:
+        """The context position of each queried key's value, 2i + 1 for key k_i: the token after the query
+        token's earlier occurrence in the context, i.e. the induction pattern restricted to MQAR's queries."""
+        context = batch.tokens[:, : 2 * self.cfg.num_kv_pairs : 2]  # [batch, N] keys at 0, 2, 4, ...
+        match = batch.tokens[:, :, None] == context[:, None, :]  # [batch, T, N]
+        return target_keys(torch.where(batch.mask, 2 * match.long().argmax(-1) + 1, -1))
 
     @property
     def chance_accuracy(self) -> float:

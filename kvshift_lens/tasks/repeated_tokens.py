@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import Tensor
 
-from kvshift_lens.tasks.base import N_SPECIAL, PAD, Batch, Task, TaskConfig, register_task, with_bos
+from kvshift_lens.tasks.base import N_SPECIAL, PAD, Batch, Task, TaskConfig, register_task, target_keys, with_bos
 
 
 @register_task
@@ -45,6 +46,12 @@ class RepeatedTokensTask(Task):
         scored = torch.zeros(batch_size, self.cfg.seq_len - 1, dtype=torch.bool)  # [batch, seq - 1]
         scored[:, half : 2 * half - 1] = True  # body[half + i - 1] = r[i - 1] predicts r[i], i >= 1
         return with_bos(torch.cat([r, r, pad], dim=1), scored)
+
+    def attention_targets(self, batch: Batch) -> Tensor:
+        """Key t - half + 1 of each scored query t: the first copy's token after the query's own."""
+        half = (self.cfg.seq_len - 1) // 2
+        t = torch.arange(batch.tokens.shape[1])
+        return target_keys(torch.where(batch.mask, t - half + 1, -1))
 
     @property
     def chance_accuracy(self) -> float:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import Tensor
 
-from kvshift_lens.tasks.base import Batch, Task, TaskConfig, check, random_subsets, register_task
+from kvshift_lens.tasks.base import Batch, Task, TaskConfig, check, random_subsets, register_task, target_keys
 from kvshift_lens.tasks.mqar import recall_batch
 
 
@@ -75,6 +76,15 @@ class StackedMQARTask(Task):
         context = 2 * n + 1 + key * n + value  # [batch, N] pair tokens
         filler = 2 * n + 1 if cfg.random_non_queries else 0
         return recall_batch(context, 1 + key, n + 1 + value, cfg.seq_len, cfg.power_a, filler, generator)
+
+    def attention_targets(self, batch: Batch) -> Tensor:
+        """The context position of the pair token that holds each queried key (the key's own earlier
+        occurrence, stacked with its value: no previous-token step)."""
+        n = self.cfg.n_symbols
+        pairs = batch.tokens[:, : self.cfg.num_kv_pairs]  # [batch, N] pair tokens
+        keys = 1 + (pairs - 2 * n - 1) // n  # [batch, N] the key id each pair holds
+        match = batch.tokens[:, :, None] == keys[:, None, :]  # [batch, T, N]
+        return target_keys(torch.where(batch.mask, match.long().argmax(-1), -1))
 
     @property
     def chance_accuracy(self) -> float:
