@@ -419,6 +419,18 @@ def mixer_coefficients(model: Model) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MIXER_COEFFICIENT_COLUMNS)
 
 
+def mixer_reach(cfg: ModelConfig) -> dict[str, int]:
+    """For q, k and v: the largest lag j such that token t - j reaches position t's query, key or value through
+    the attention's mixers (lags add along x -> <side>_input -> projection -> <side>), over layers; 0 without.
+    E.g. kv_shift: {"q": 0, "k": 1, "v": 1}; sides=v: {"q": 0, "k": 0, "v": 1}; canon AB (kernel 4): 6 each."""
+    reach = {side: 0 for side in "qkv"}
+    for layer in range(cfg.n_layers):
+        lags = {slot: m.lag_coefficients().shape[0] - 1 for slot, m in cfg.mixer.build(cfg, layer).items()}
+        for side in reach:
+            reach[side] = max(reach[side], sum(lags.get(slot, 0) for slot in ("x", f"{side}_input", side)))
+    return reach
+
+
 def shift_coefficients(model: Model) -> pd.DataFrame:
     """One row per (layer, KV head) of a model whose mixer is `KVShift` modules on K and/or V
     (kv_shift, smeared_key): alpha1..alpha{w+1}, beta1..beta{w+1} as the forward uses them.

@@ -449,3 +449,12 @@ def test_the_same_head_with_the_shift_on_the_value_input_is_not_mixer_mediated()
 
 def test_every_registered_mixer_is_covered_here():
     assert {make_cfg(**kw).mixer.name for kw in MIXER_CASES.values()} | {"none"} == set(MIXERS.names())
+
+
+@pytest.mark.parametrize("mixer,reach", [
+    ("none", dict(q=0, k=0, v=0)), ("kv_shift", dict(q=0, k=1, v=1)), (dict(name="kv_shift", sides="v"), dict(q=0, k=0, v=1)),
+    (dict(name="kv_shift", window=3), dict(q=0, k=3, v=3)), ("smeared_key", dict(q=0, k=1, v=0)),
+    ("primer_dconv", dict(q=2, k=2, v=2)), ("canon", dict(q=6, k=6, v=6)), (dict(name="canon", positions="A"), dict(q=3, k=3, v=3)),
+    ("token_shift", dict(q=1, k=1, v=1)), (dict(name="token_shift", sides="v"), dict(q=0, k=0, v=1)), ("short_conv", dict(q=2, k=2, v=2))])
+def test_mixer_reach_says_how_far_back_each_of_q_k_v_reads(mixer, reach):
+    assert M.mixer_reach(make_cfg(mixer=mixer)) == reach
