@@ -198,6 +198,7 @@ def write_outputs(sweep_dir: Path, results: Path, prefix: str, provenance: dict,
     profile's sweeper `grids` (strays from older grids are left out); returns the paths written."""
     results.mkdir(parents=True, exist_ok=True)
     raw = load_summaries(sweep_dir)
+    raw = raw[raw.status != "failed"] if "status" in raw else raw  # failed jobs have no metrics (diverged ones do)
     if raw.empty:
         sys.exit(f"no finished runs under {sweep_dir}")
     raw = raw[phase.in_grid(raw, grids)].reset_index(drop=True)

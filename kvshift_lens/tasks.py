@@ -47,6 +47,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kvshift_lens.schema import ConfigError
+
 BOS, PAD, NO_ANSWER = 0, 1, 2
 N_SPECIAL = 3  # content tokens are [N_SPECIAL, d_vocab)
 TASK_NAMES = ("induction", "repeated_tokens", "ngram", "hop_k")
@@ -63,6 +65,10 @@ class TaskConfig:
     n_pairs: int = 200  # (ngram) number of distinct (x1, x2) pairs, each with a fixed x3
     hops: int = 2  # (hop_k) k, the number of hops
     alphabet_size: int = 4  # (hop_k) |Σ|, the alphabet X is drawn from (Sanford et al. use 4)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first field that cannot work and how to fix it."""
+        check_task(self)
 
 
 class Batch(NamedTuple):
@@ -306,13 +312,13 @@ def _with_bos(body: Tensor, scored: Tensor) -> Batch:
 
 
 def _check(ok: bool, message: str) -> None:
-    """Raise the ValueError `make_task` promises when a config cannot work."""
+    """Raise the `ConfigError` (a ValueError) `TaskConfig.validate` promises when a config cannot work."""
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
-def make_task(cfg: TaskConfig) -> Task:
-    """Validate `cfg` and build its task; errors name the offending `task.<field>` and the fix."""
+def check_task(cfg: TaskConfig) -> None:
+    """Errors name the offending `task.<field>` and the fix."""
     _check(cfg.name in TASK_NAMES, f"task.name={cfg.name!r} is unknown: use one of {', '.join(TASK_NAMES)}")
     min_len = {"induction": 5, "repeated_tokens": 5, "ngram": 4, "hop_k": cfg.hops + 3}[cfg.name]
     shape = {"induction": "BOS A B A B", "repeated_tokens": "BOS r0 r1 r0 r1", "ngram": "BOS x1 x2 x3"}
@@ -344,6 +350,11 @@ def make_task(cfg: TaskConfig) -> Task:
             f"task.alphabet_size={cfg.alphabet_size} is invalid for hop_k: consecutive symbols differ, "
             "so set task.alphabet_size >= 2",
         )
+
+
+def make_task(cfg: TaskConfig) -> Task:
+    """Validate `cfg` and build its task."""
+    cfg.validate()
     task_class = {
         "induction": InductionTask,
         "repeated_tokens": RepeatedTokensTask,
