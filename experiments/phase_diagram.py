@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -33,6 +34,8 @@ from experiments.report import splice_section
 from kvshift_lens import phase
 from kvshift_lens.analysis import load_summaries
 from kvshift_lens.train import git_commit
+
+matplotlib.use("Agg")  # an entry point that writes figures to files, never shows them
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"

@@ -45,8 +45,8 @@ class RunConfig:
     name: str = "adhoc"  # sweep name (multirun directory)
     progress: bool = True  # tqdm bar per run
     detect: bool = False  # score every checkpoint after training
+    task: TaskConfig = field(default_factory=TaskConfig)  # before model: model.d_vocab/n_ctx interpolate task's
     model: ModelConfig = field(default_factory=ModelConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
