@@ -126,7 +126,8 @@ def describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a config group"
     if origin in (list, tuple, Sequence):
-        return f"a list of {describe(args[0]) if args else 'values'}"
+        item = describe(args[0]) if args else "a value"
+        return f"a list (each item {item})"
     if origin in (dict, Mapping):
         return "a mapping"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
