@@ -81,7 +81,7 @@ def plain(cfg: Any) -> Any:
     except MissingMandatoryValue as e:
         raise ConfigError(f"{e.full_key} is not set: give {e.full_key}=<value>") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{e.full_key}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
 
 
 def validated(cls: Type[T], cfg: Any, where: str = "") -> T:
