@@ -17,6 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+if not OmegaConf.has_resolver("path_safe"):  # run directories (conf/train.yaml): model/mixer=x -> model.mixer=x
+    OmegaConf.register_new_resolver("path_safe", lambda s: str(s).replace("/", "."))
+
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # Hydra finds our sweeper plugin (hydra_plugins/, beside conf/) on sys.path
     sys.path.append(ROOT)

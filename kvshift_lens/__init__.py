@@ -1,31 +1,32 @@
-"""kvshift_lens: KV shifting attention (Xu et al. 2024) as TransformerLens 4 models, with
-synthetic induction tasks, a CPU-fast trainer and mechanistic-interpretability tools.
+"""kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
+models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-Names are imported on first use, so `import kvshift_lens.config` (the command line's validation)
-does not pay for torch and transformer_lens.
+The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers` and
+`kvshift_lens.tasks` import without transformer_lens, and `kvshift_lens.schema`, `kvshift_lens.cli`
+(the command line's plumbing) without torch.
 """
 
-from importlib import import_module
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 _EXPORTS = {
-    "ConfigError": "kvshift_lens.schema",
-    "ModelConfig": "kvshift_lens.models",
+    "ConfigError": "kvshift_lens.errors",
+    "ModelConfig": "kvshift_lens.model_config",
+    "attach_tokenizer": "kvshift_lens.tokenizer",
     "build_model": "kvshift_lens.models",
     "build_module": "kvshift_lens.models",
     "load_model": "kvshift_lens.checkpoints",
+    "mixer_coefficients": "kvshift_lens.models",
     "save_model": "kvshift_lens.checkpoints",
-    "attach_tokenizer": "kvshift_lens.tokenizer",
     "shift_coefficients": "kvshift_lens.models",
     "to_bridge": "kvshift_lens.models",
 }
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'kvshift_lens' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

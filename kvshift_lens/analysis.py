@@ -10,6 +10,9 @@ from typing import Union
 import pandas as pd
 
 from kvshift_lens.cli import ERROR_FILE, SUMMARY_FILE, read_failure
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import arch_name, upgrade_legacy as upgrade_model
+from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
 
 PathLike = Union[str, Path]
 
@@ -32,18 +35,44 @@ def run_status(run_dir: Path) -> str:
     return "failed" if Path(run_dir, ERROR_FILE).exists() else "incomplete"
 
 
-def _flatten(node: dict, prefix: str) -> dict:
-    out = {}
-    for k, v in node.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+def flatten(node: dict, prefix: str = "") -> dict:
+    """Nested mapping -> one level with dotted keys: {"model": {"mixer": {"name": x}}} -> {"model.mixer.name": x}."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """Inverse of `flatten`: dotted keys -> nested mapping."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
 
 
 def run_config_columns(run_dir: Path) -> dict:
-    """The run's config flattened to `model.arch`, `task.seq_len`, `train.lr`, ... plus `seed`."""
+    """The run's config flattened to `model.mixer.name`, `model.mixer.window`, `task.seq_len`, `train.lr`, ...
+    plus the derived `model.arch` ("vanilla" without a mixer, "kvshift" for kv_shift, else the mixer name)
+    and `seed`. Configs written before the mixer/task registries are read in the current layout."""
     cfg = json.loads((run_dir / "config.json").read_text())
-    flat = _flatten(cfg, "")
-    flat["seed"] = cfg.get("model", {}).get("seed")
+    cfg["model"] = upgrade_model(cfg["model"])
+    try:
+        cfg["task"] = upgrade_task(cfg["task"])
+    except ConfigError:  # a task this installation does not register: keep its columns as written
+        pass
+    flat = flatten(cfg)
+    mixer = cfg["model"].get("mixer")  # the config as given, for a job that failed validation
+    if isinstance(mixer, dict) and isinstance(mixer.get("name"), str):
+        flat["model.arch"] = arch_name(mixer["name"])
+    flat["seed"] = cfg["model"].get("seed")
     return flat
 
 
@@ -68,9 +97,10 @@ def load_runs(path: PathLike) -> pd.DataFrame:
     """Metrics of one run or a whole sweep as one tidy frame: config columns + metrics per step.
 
     Columns: `run` (path relative to `path`), `status` (see `run_status`: diverged runs keep the rows
-    they logged), `seed`, `model.*`, `task.*`, `train.*`, then
-    `step, train_loss, eval_loss, induction_acc, lr, train_seconds`. Runs that failed before their first
-    evaluation have no rows: a warning names them (`load_summaries` lists them with their error).
+    they logged), `seed`, `model.*` (mixer options as `model.mixer.*`, and the derived `model.arch`),
+    `task.*`, `train.*`, then `step, train_loss, eval_loss, induction_acc, lr, train_seconds`. Runs that
+    failed before their first evaluation have no rows: a warning names them (`load_summaries` lists them
+    with their error).
     """
     root = Path(path)
     early = [d for d in find_runs(root, failed=True) if not (d / "metrics.csv").exists()]

@@ -1,26 +1,29 @@
 """Turn the hydra configs in `conf/` into validated dataclasses (CLI, notebooks and tests alike).
 
-Every group -- model, task, train, and the entry points' own knobs -- goes through one schema
-(`kvshift_lens.schema.build`): the dataclasses' annotations check each value's type, their
-`validate()` methods the combinations.
+Every group -- model (its mixer included), task, train, and the entry points' own knobs -- goes
+through one schema (`kvshift_lens.schema.build`): the dataclasses' annotations check each value's
+type, their `validate()` methods the combinations. Importing this module costs torch (the mixer and
+task configs live beside their modules) but not transformer_lens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Type, TypeVar
+from typing import Any, Optional, Sequence, Type, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from kvshift_lens.models import ModelConfig
-from kvshift_lens.schema import ConfigError, build
-from kvshift_lens.tasks import TaskConfig
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import ModelConfig, upgrade_legacy as upgrade_model
+from kvshift_lens.schema import build as build_schema
+from kvshift_lens.tasks import TaskConfig, task_config
 from kvshift_lens.train_config import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 T = TypeVar("T")
+UPGRADES = {ModelConfig: upgrade_model}  # legacy layouts a group may arrive in (checkpoints predating the mixers)
 
 
 def check_compatible(model: ModelConfig, task: TaskConfig) -> None:
@@ -45,8 +48,8 @@ class RunConfig:
     name: str = "adhoc"  # sweep name (multirun directory)
     progress: bool = True  # tqdm bar per run
     detect: bool = False  # score every checkpoint after training
-    task: TaskConfig = field(default_factory=TaskConfig)  # before model: model.d_vocab/n_ctx interpolate task's
-    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=lambda: task_config("induction"))  # before model, whose
+    model: ModelConfig = field(default_factory=ModelConfig)  # d_vocab and n_ctx interpolate task's
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -74,7 +77,7 @@ class DetectConfig:
 
 def plain(cfg: Any) -> Any:
     """A hydra config as plain Python data with interpolations resolved; bad ones are `ConfigError`s."""
-    if not isinstance(cfg, DictConfig):
+    if not isinstance(cfg, (DictConfig, ListConfig)):
         return cfg
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -84,9 +87,16 @@ def plain(cfg: Any) -> Any:
         raise ConfigError(f"{e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
 
 
-def validated(cls: Type[T], cfg: Any, where: str = "") -> T:
-    """Dataclass `cls` from a hydra config (or a plain mapping), through the schema."""
-    return build(cls, plain(cfg), where)
+def build(cls: Type[T], node: Any, group: str) -> T:
+    """The one place a config group becomes its dataclass: `cls` (tagged bases such as `TaskConfig` pick the
+    registered subclass by `name`; nested dataclass fields such as `model.mixer` recurse) from a hydra
+    node or plain mapping, raising one-line `ConfigError`s naming `group.field`."""
+    return build_schema(cls, plain(node), group, upgrade=UPGRADES.get(cls))
+
+
+def validated(cls: Type[T], cfg: Any) -> T:
+    """An entry point's whole config (`RunConfig`, `DetectConfig`) from its composed hydra config."""
+    return build_schema(cls, plain(cfg), "")
 
 
 def run_config(cfg: Any) -> RunConfig:
@@ -97,14 +107,14 @@ def run_config(cfg: Any) -> RunConfig:
     return validated(RunConfig, cfg)
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train") -> RunConfig:
+def compose(overrides: Sequence[str] = (), config_name: str = "train", conf_dir: Optional[Path] = None) -> RunConfig:
     """Compose `conf/<config_name>.yaml` with command-line style overrides, outside any hydra app.
 
-    >>> run = compose(["model=vanilla_2l", "train.steps=200"])
+    >>> run = compose(["model=vanilla_2l", "model/mixer=canon", "task=mqar", "train.steps=200"])
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     return run_config(cfg)

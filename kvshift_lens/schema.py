@@ -2,9 +2,10 @@
 
 `build(cls, data, "train")` checks a plain mapping (a resolved hydra node) against the type hints
 of dataclass `cls` -- `int`, `float`, `bool`, `str`, `Optional`, `Literal`, `list`/`tuple`/`dict`
-and nested dataclasses -- then constructs it and runs its `validate()` (the semantic rules). The
-first bad value stops with a `ConfigError` whose one-line message names the field, the value and
-what it should be. Pure Python: the command line validates before importing torch.
+and nested dataclasses, tagged ones (a `registry` class attribute, e.g. `MixerOptions`,
+`TaskConfig`) resolved to the registered subclass their `name` picks -- then constructs it and runs
+its `validate()` (the semantic rules). The first bad value stops with a `ConfigError` whose one-line
+message names the field, the value and what it should be. Pure Python (no torch).
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import math
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Type, TypeVar, Union
+from typing import Any, Callable, Literal, Optional, Type, TypeVar, Union
+
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.registry import resolve
 
 T = TypeVar("T")
+__all__ = ["ConfigError", "build", "convert", "describe"]
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and the fix."""
-
-
-def build(cls: Type[T], data: Any, where: str) -> T:
-    """Instance of dataclass `cls` from `data` (a mapping), fields named `<where>.<field>` in errors."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}={data!r}: expected a config group (a mapping of fields)")
+def build(cls: Type[T], data: Any, where: str, upgrade: Optional[Callable[[dict], dict]] = None) -> T:
+    """Instance of dataclass `cls` from `data` (a mapping; a bare name for a tagged class), fields named
+    `<where>.<field>` in errors. `upgrade` maps a legacy layout of `data` to the current one first."""
+    if isinstance(data, cls):  # already built (e.g. a nested config passed as an object)
+        return data
+    cls, data = resolve(cls, data, where)  # a tagged base picks its registered subclass by `name`
+    if upgrade is not None:
+        data = upgrade(data)
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     known = {f.name for f in fields}

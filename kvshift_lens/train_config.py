@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvshift_lens.schema import ConfigError
+from kvshift_lens.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine")
 LOSS_ON = ("all", "scored")
@@ -21,7 +21,7 @@ class TrainConfig:
     warmup: int = 50  # linear warmup steps
     schedule: str = "constant"  # after warmup: "constant" | "cosine" (to min_lr_ratio·lr)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, shift coefficients)
+    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, mixer coefficients)
     beta1: float = 0.9  # AdamW β1 (paper 0.9)
     beta2: float = 0.95  # AdamW β2 (paper 0.95)
     grad_clip: float = 1.0  # max global grad norm; 0 disables

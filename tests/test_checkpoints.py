@@ -8,10 +8,10 @@ from safetensors.torch import load_file, save_file
 
 from kvshift_lens.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, state_sha256, write_safetensors
 from kvshift_lens.models import ModelConfig, bare_state_dict, build_module, load_model, save_model
-from kvshift_lens.tasks import TaskConfig
+from kvshift_lens.tasks import task_config
 from kvshift_lens.train import TrainConfig, train
 
-CFG = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
+CFG = ModelConfig(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_metadata_keys_are_written_in_sorted_order(tmp_path):
 
 
 def test_identical_training_runs_write_byte_identical_checkpoints(tmp_path):
-    task = TaskConfig(name="induction", d_vocab=16, seq_len=16, seed=0)
+    task = task_config("induction", d_vocab=16, seq_len=16, seed=0)
     cfg = TrainConfig(steps=4, batch_size=4, eval_every=2, eval_size=8, warmup=1, n_checkpoints=3, threads=1)
     for name in ("a", "b"):
         train(CFG, task, cfg, tmp_path / name, progress=False)

@@ -62,7 +62,7 @@ def test_values_of_the_right_kind_are_accepted_and_converted(data, expected):
     ({"inner": {"sizes": 3}}, "inner.sizes=3: expected a list (each item an integer), got int"),
     ({"inner": {"sizes": [1, "x"]}}, "inner.sizes[1]='x': expected an integer, got str"),
     ({"inner": {"table": {"a": "b"}}}, "inner.table.a='b': expected a number, got str"),
-    ({"inner": 5}, "inner=5: expected a config group (a mapping of fields)"),
+    ({"inner": 5}, "inner=5 must be a mapping of fields"),
     ({"inner": {"colour": 1}}, "unknown field(s) ['inner.colour']; valid: ['flag',"),
     ({"inner": {"n": -1}}, "inner.n=-1 must be >= 0"),  # the dataclass's own validate()
 ])

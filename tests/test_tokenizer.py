@@ -8,19 +8,19 @@ from transformer_lens.head_detector import detect_head
 from kvshift_lens.checkpoints import read_checkpoint
 from kvshift_lens.detect import attention_patterns, tl_detector_scores
 from kvshift_lens.models import ModelConfig, build_model, build_module, load_model, save_model
-from kvshift_lens.tasks import BOS, NO_ANSWER, PAD, TaskConfig, make_task
+from kvshift_lens.tasks import BOS, NO_ANSWER, PAD, make_task, task_config
 from kvshift_lens.tokenizer import attach_tokenizer, content_word, token_names
 from kvshift_lens.train import TrainConfig, train
 
-TINY = ModelConfig(arch="kvshift", d_model=16, n_heads=2, d_vocab=16, n_ctx=16)
+TINY = ModelConfig(mixer="kv_shift", d_model=16, n_heads=2, d_vocab=16, n_ctx=16)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 1-layer KV-shift model trained to ~95 % induction accuracy (3 s), and its step-0 checkpoint."""
     run = tmp_path_factory.mktemp("run")
-    cfg = ModelConfig(arch="kvshift", d_model=32, n_heads=4, d_vocab=32, n_ctx=32)
-    summary = train(cfg, TaskConfig(d_vocab=32, seq_len=32), TrainConfig(
+    cfg = ModelConfig(mixer="kv_shift", d_model=32, n_heads=4, d_vocab=32, n_ctx=32)
+    summary = train(cfg, task_config("induction", d_vocab=32, seq_len=32), TrainConfig(
         steps=200, lr=1e-2, batch_size=32, eval_every=50, eval_size=64, warmup=10, n_checkpoints=2, threads=1),
         run, progress=False)
     assert summary["final_induction_acc"] > 0.9
@@ -37,7 +37,7 @@ def test_special_tokens_are_named_and_content_tokens_are_short_words():
 
 def test_string_tools_round_trip_the_task_tokens():
     model = build_model(TINY)
-    batch = make_task(TaskConfig(name="repeated_tokens", d_vocab=16, seq_len=15)).sample(2, torch.Generator().manual_seed(0))
+    batch = make_task(task_config("repeated_tokens", d_vocab=16, seq_len=15)).sample(2, torch.Generator().manual_seed(0))
     text = model.to_string(batch.tokens[:, 1:])  # without [BOS]: to_tokens prepends it
     assert torch.equal(model.to_tokens(text), batch.tokens)
     assert model.to_str_tokens(batch.tokens[0])[:2] == ["[BOS]", model.to_str_tokens(batch.tokens[0, 1:2])[0]]
@@ -46,7 +46,7 @@ def test_string_tools_round_trip_the_task_tokens():
 
 def test_tl_detect_head_finds_the_induction_head_of_a_trained_kvshift_model(trained):
     model, init = trained
-    batch = make_task(TaskConfig(name="repeated_tokens", d_vocab=32, seq_len=31)).sample(4, torch.Generator().manual_seed(1))
+    batch = make_task(task_config("repeated_tokens", d_vocab=32, seq_len=31)).sample(4, torch.Generator().manual_seed(1))
     seqs = model.to_string(batch.tokens[:, 1:])  # "[BOS] r r" as text: TL tokenizes it again
     scores = detect_head(model, seqs, "induction_head")  # [layer, head], TL's "mul" score
     # the most a head can score: the 15 second-copy queries of 31 put all attention on their target
