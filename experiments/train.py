@@ -1,7 +1,7 @@
 """Train one model (or a sweep with -m): `python -m experiments.train model=kvshift_1l task=induction`.
 
 Re-running the same command resumes the run in its directory. A bad value stops with one line before
-torch is imported; in a sweep a failing job is recorded in its run directory (error.txt, summary.json
+transformer_lens is imported; in a sweep a failing job is recorded in its run directory (error.txt, summary.json
 status) while every other job runs, and the sweep ends with one line per failed job and exit status 1.
 """
 
@@ -45,8 +45,8 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     from kvshift_lens.config import run_config
 
     run = run_config(cfg)
-    # Imported only now: a bad value costs no torch/transformer_lens import, and a sweep's launcher
-    # process never pays for them.
+    # Imported only now: a bad value costs no transformer_lens import, and a sweep's launcher process
+    # never pays for them.
     from kvshift_lens.emergence import analyze_run
     from kvshift_lens.train import train
 

@@ -59,11 +59,13 @@ def hydra_error_line(e: BaseException) -> str:
         return f"{cause.full_key} is not a config field: check its spelling (`--cfg job` prints the config)"
     lines = []
     for line in str(e).splitlines():
-        if line.startswith("Config search path") or line.startswith("Available options"):
+        if line.startswith(("Config search path", "Available options")):
             break
-        if line.strip():
+        if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
             lines.append(line.strip())
     message = " ".join(lines) or type(e).__name__
+    if isinstance(e, OmegaConfBaseException) and e.full_key:
+        message += f" (resolving {e.full_key})"
     if isinstance(e, MissingConfigException) and e.options:
         message += f"; available: {', '.join(e.options)}"
     return message

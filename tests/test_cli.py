@@ -84,7 +84,7 @@ BAD_INPUT = [
     ("unknown-appended-field", "+train.bar=2", "unknown field(s) ['train.bar']"),
     ("model-preset-unknown", "model=nonexistent", "Could not find 'model/nonexistent'; available: base,"),
     ("override-grammar", "train.steps=[1", "no viable alternative at input '[1'"),
-    ("interpolation-broken", "model.d_vocab=${nope}", "model.d_vocab: Interpolation key 'nope' not found"),
+    ("interpolation-broken", "model.d_vocab=${nope}", "Interpolation key 'nope' not found (resolving hydra.run.dir)"),
 ]
 
 
@@ -165,11 +165,22 @@ def test_detect_accepts_any_run_directory_path(tmp_path):
     r = cli("-m", "seed=0", "name=t", *TINY, out=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = next(p.parent for p in (tmp_path / "sweeps" / "t").rglob("metrics.csv"))
-    assert "=" in run_dir.name and "," in run_dir.name
-    for args in ([str(run_dir), "batch_size=4"], [f"run_dir={run_dir}"]):
-        d = cli(*args, out=tmp_path, module="experiments.detect")
-        assert d.returncode == 0, d.stderr
-        assert json.loads((run_dir / "summary.json").read_text())["emergence_threshold"] > 0
+    assert "=" in run_dir.name and "," in run_dir.name  # Hydra's override grammar rejects it unquoted
+    d = cli(str(run_dir), "batch_size=4", out=tmp_path, module="experiments.detect")
+    assert d.returncode == 0, d.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["emergence_threshold"] > 0
     bad = cli(str(tmp_path / "nowhere"), out=tmp_path, module="experiments.detect")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"error: run_dir={tmp_path / 'nowhere'}: no such directory (give a run or sweep directory)"]
+
+
+def test_detect_quotes_the_run_directory_for_hydra(tmp_path):
+    from experiments.detect import path_overrides
+
+    run = tmp_path / "a" / "train.steps=300,x=1"
+    run.mkdir(parents=True)
+    assert path_overrides([str(run), "batch_size=4"]) == [f"run_dir='{run}'", "batch_size=4"]  # an existing path
+    assert path_overrides(["run_dir=runs/x=1,y=2"]) == ["run_dir='runs/x=1,y=2'"]  # any path after run_dir=
+    assert path_overrides(["runs/it's"]) == ["run_dir='runs/it\\'s'"]  # no "=": a path, existing or not
+    assert path_overrides(["--cfg", "job", "runs/a"]) == ["--cfg", "job", "run_dir='runs/a'"]
+    assert path_overrides(["seed=1"]) == ["seed=1"]

@@ -86,3 +86,11 @@ def test_validation_plumbing_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_composing_and_validating_a_run_config_imports_no_transformer_lens():
+    code = ("import sys; from kvshift_lens.config import compose;"
+            "compose(['model/mixer=canon', 'task=mqar', 'train.steps=10', 'train.warmup=1', 'train.eval_every=5']);"
+            "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
