@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kvshift_lens.schema import ConfigError
+from kvshift_lens.errors import ConfigError, TrainingDiverged
 
 ERROR_FILE = "error.txt"  # first line: the one-line error; then the traceback of an unexpected exception
 SUMMARY_FILE = "summary.json"
@@ -91,7 +91,7 @@ def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sw
             drop_if_empty(run_dir, root)
             fail(text)
         detail = "" if expected else traceback.format_exc()
-        record_failure(run_dir, message, detail, config)
+        record_failure(run_dir, message, detail, config, "diverged" if isinstance(e, TrainingDiverged) else "failed")
         where = "" if expected else f" (traceback in {run_dir / ERROR_FILE})"
         print(f"error: {message}{where}", file=sys.stderr)
         if not in_sweep:
@@ -99,15 +99,14 @@ def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sw
         return None
 
 
-def record_failure(run_dir: Path, message: str, detail: str = "", config: Any = None) -> None:
-    """Write `error.txt` and mark summary.json `status: failed` (keeping its other keys); add config.json
+def record_failure(run_dir: Path, message: str, detail: str = "", config: Any = None, status: str = "failed") -> None:
+    """Write `error.txt` and set summary.json's `status` and `error` (keeping its other keys); add config.json
     from the raw config if the run never got to write one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_FILE).write_text(message + "\n" + detail)
     path = run_dir / SUMMARY_FILE
     summary = json.loads(path.read_text()) if path.exists() else {}
-    if summary.get("status") != "diverged":  # the trainer's own record of a diverged run says more
-        summary.update(status="failed", error=message)
+    summary.update(status=status, error=message)
     _write_json(path, summary)
     if config is not None and not (run_dir / CONFIG_FILE).exists():
         _write_json(run_dir / CONFIG_FILE, raw_groups(config))

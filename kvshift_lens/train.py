@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from kvshift_lens.checkpoints import save_model, state_sha256
 from kvshift_lens.config import check_compatible
-from kvshift_lens.errors import ConfigError
+from kvshift_lens.errors import ConfigError, TrainingDiverged
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters
 from kvshift_lens.tasks import Batch, TaskConfig, make_task, task_config
@@ -33,10 +33,6 @@ from kvshift_lens.train_config import TrainConfig
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
 RESUME_FILE = "resume.pt"
-
-
-class TrainingDiverged(ValueError):
-    """The training loss became non-finite; the run stopped at that step (its metrics so far are kept)."""
 
 
 def pick_device(name: str) -> torch.device:
