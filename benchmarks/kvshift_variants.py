@@ -1,8 +1,9 @@
 """Micro-benchmark of KV-shift implementations (forward + backward), interleaved, 1 thread.
 
-`python -m benchmarks.kvshift_variants` — checks every variant against the current
-`kvshift_lens.mixers.kv_shift.KVShift.forward` (values and gradients) and prints median ms and the
-ratio to the current implementation, for the K/V tensor shapes of the benchmark shapes.
+`python -m benchmarks.kvshift_variants` — checks every variant against the plain formula of Eq. 5
+(values and gradients) and prints median ms and the ratio to it, for the K/V tensor shapes of the
+benchmark shapes. `lag_mix` (exact and fused multiply-add) is what every mixer runs now
+(`kvshift_lens.mixers.base.lag_mix`; KV shift uses `exact=True`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,19 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kvshift_lens.models import shift
+from kvshift_lens.mixers import lag_mix, shift
 
 
-def current(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # what models.KVShift.forward does (window 1)
+def current(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # the plain formula (KVShift before lag_mix)
     return c[:, 0, None] * x + c[:, 1, None] * shift(x, 1)
+
+
+def lag_mix_exact(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # KVShift.forward now
+    return lag_mix(x, c.T[:, :, None], exact=True)
+
+
+def lag_mix_fma(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # every other mixer now
+    return lag_mix(x, c.T[:, :, None])
 
 
 def slice_add(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -79,7 +88,8 @@ def conv(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 VARIANTS = {"current": current, "slice_add": slice_add, "flat_coeffs": flat_coeffs,
-            "flat_addcmul": flat_addcmul, "fused_fn": fused, "conv1d": conv}
+            "flat_addcmul": flat_addcmul, "fused_fn": fused, "conv1d": conv, "lag_mix_exact": lag_mix_exact,
+            "lag_mix": lag_mix_fma}
 
 
 def main() -> None:
