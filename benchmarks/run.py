@@ -235,46 +235,69 @@ def bench_mixers(shape: Shape, device: torch.device, rounds: int, warmup: int = 
             "rounds": rounds, "steps_per_sample": inner}
 
 
-def bench_compile(shape: Shape, device: torch.device, mixers: list[str], rounds: int, cache_dir: Path) -> dict:
-    """Whether `train.compile=true` pays back, per mixer: compile seconds with an empty and with a warm
-    inductor cache (first compiled step minus a compiled step), eager vs compiled step time (interleaved,
-    with eager vanilla), and the steps after which the compile is paid back (None: compiled is not faster)."""
+COMPILE_SNIPPET = r"""
+import json, statistics, sys, time, torch
+from benchmarks.run import Shape, compile_probe
+print("BENCH_JSON" + json.dumps(compile_probe(Shape(**json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3]),
+                                              int(sys.argv[4]))))
+"""
+
+
+def compile_probe(shape: Shape, mixer: str, rounds: int, threads: int) -> dict:
+    """In this process: the first `torch.compile`d training step (compile included) and, interleaved, the eager,
+    compiled and eager-vanilla steps (seconds). Run by `bench_compile` in fresh processes."""
     from kvshift_lens.models import build_module
 
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)  # empty: the first compile is a cold one
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokens = shape_tokens(shape, device)
+    compiled = make_step(torch.compile(build_module(mixer_model_config(shape, mixer)).to(device).train()), tokens)
+    sync(device)
+    t0 = time.perf_counter()
+    compiled()
+    sync(device)
+    first = time.perf_counter() - t0
+    eager = make_step(build_module(mixer_model_config(shape, mixer)).to(device).train(), tokens)
     vanilla = make_step(build_module(mixer_model_config(shape, "none")).to(device).train(), tokens)
+    times = interleaved({"vanilla": vanilla, "eager": eager, "compiled": compiled}, rounds,
+                        samples_per_round(eager, device), device)
+    return {"first_step": first, **{k: statistics.median(v) for k, v in times.items()},
+            "compiled_vs_eager": ratio(times, "compiled", "eager"), "compiled_vs_vanilla": ratio(times, "compiled", "vanilla")}
+
+
+def bench_compile(shape: Shape, mixers: list[str], rounds: int, threads: int, cache_dir: Path) -> dict:
+    """Whether `train.compile=true` pays back, per mixer: compile seconds (first compiled step minus a compiled
+    step) in a fresh process with an empty inductor cache ("cold") and in a second fresh process that finds
+    the first one's cache ("warm"), eager vs compiled step time, and the steps after which the compile is paid
+    back (None: the compiled step is not faster)."""
     out = {}
     for name in mixers:
-        firsts = []
-        for _ in ("cold", "warm"):  # the second compile of the same graph reads inductor's on-disk cache
-            torch._dynamo.reset()
-            compiled = make_step(torch.compile(build_module(mixer_model_config(shape, name)).to(device).train()), tokens)
-            sync(device)
-            t0 = time.perf_counter()
-            compiled()
-            sync(device)
-            firsts.append(time.perf_counter() - t0)
-        eager = make_step(build_module(mixer_model_config(shape, name)).to(device).train(), tokens)
-        inner = samples_per_round(eager, device)
-        times = interleaved({"vanilla": vanilla, "eager": eager, "compiled": compiled}, rounds, inner, device)
-        eager_s, compiled_s = statistics.median(times["eager"]), statistics.median(times["compiled"])
-        saved = eager_s - compiled_s
-        cold, warm = (max(f - compiled_s, 0.0) for f in firsts)
-        payback = {k: (math.ceil(v / saved) if saved > 0 else None) for k, v in (("cold", cold), ("warm", warm))}
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir / name)}
+        probes = {}
+        for kind in ("cold", "warm"):
+            r = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET, json.dumps(vars(shape)), name, str(rounds),
+                                str(threads)], cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"compile probe of {name} failed:\n{r.stderr[-3000:]}")
+            probes[kind] = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("BENCH_JSON"))[10:])
+        warm = probes["warm"]
+        saved = warm["eager"] - warm["compiled"]
+        seconds = {k: max(p["first_step"] - p["compiled"], 0.0) for k, p in probes.items()}
+        payback = {k: (math.ceil(v / saved) if saved > 0 else None) for k, v in seconds.items()}
         out[name] = {
-            "compile_seconds": {"cold": round(cold, 2), "warm": round(warm, 2)},
-            "ms_per_step": {"eager": round(1e3 * eager_s, 3), "compiled": round(1e3 * compiled_s, 3),
-                            "vanilla_eager": round(1e3 * statistics.median(times["vanilla"]), 3)},
-            "compiled_vs_eager": round(ratio(times, "compiled", "eager"), 3),
-            "compiled_vs_vanilla": round(ratio(times, "compiled", "vanilla"), 3),
+            "compile_seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "ms_per_step": {"eager": round(1e3 * warm["eager"], 3), "compiled": round(1e3 * warm["compiled"], 3),
+                            "vanilla_eager": round(1e3 * warm["vanilla"], 3)},
+            "compiled_vs_eager": round(warm["compiled_vs_eager"], 3),
+            "compiled_vs_vanilla": round(warm["compiled_vs_vanilla"], 3),
             "payback_steps": payback,
             "pays_back_in_default_run": {k: v is not None and v <= DEFAULT_RUN_STEPS for k, v in payback.items()},
         }
     return {"shape": shape.label, "default_run_steps": DEFAULT_RUN_STEPS, "rounds": rounds, "mixers": out,
-            "note": "compile seconds = first compiled step minus a compiled step; 'cold' with an empty inductor "
-                    "cache (a fresh machine or run), 'warm' when an earlier run compiled the same shapes (a sweep "
-                    "after its first run); payback = compile seconds / seconds saved per step"}
+            "note": "compile seconds = first compiled step minus a compiled step, each in a fresh process: 'cold' with "
+                    "an empty inductor cache (a fresh machine), 'warm' when an earlier process compiled the same "
+                    "shapes (every run of a sweep after the first with that shape); step times from the warm process; "
+                    "payback = compile seconds / seconds saved per step"}
 
 
 def mixer_verdicts(mixer_vs_vanilla: dict[str, float]) -> dict:
@@ -518,7 +541,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[bench] mixers vs vanilla ({mixers['shape']}): {mixers['mixer_vs_vanilla']}", flush=True)
     compile_mixers = args.compile_mixers if args.compile_mixers is not None else ([] if args.quick else ["kv_shift", "canon"])
     with tempfile.TemporaryDirectory(prefix="kvshift_inductor_") as cache:
-        compiled = bench_compile(shapes[0], device, compile_mixers, rounds, Path(cache))
+        compiled = bench_compile(shapes[0], compile_mixers, rounds, args.threads, Path(cache))
     for name, d in compiled["mixers"].items():
         print(f"[bench] compile {name}: {d['compile_seconds']} s, compiled/eager {d['compiled_vs_eager']}, "
               f"payback steps {d['payback_steps']}", flush=True)
