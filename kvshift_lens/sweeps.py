@@ -30,18 +30,24 @@ VOLATILE = ("out_dir",)  # override keys that say where a run was written, not w
 
 
 def experiment_spec(name: str) -> dict:
-    """The parsed experiment file `conf/experiment/<name>.yaml` (one clear error if absent)."""
-    path = EXPERIMENTS / f"{name}.yaml"
-    if not path.exists():
+    """`conf/experiment/<name>.yaml` as hydra composes it (defaults and inheritance applied): its `name`,
+    `description` and sweeper `params` and `grids` as plain data. One clear error if the file is absent."""
+    if not (EXPERIMENTS / f"{name}.yaml").exists():
         choices = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
-        raise SystemExit(f"error: no experiment {name!r} at {path}; choose one of {choices}")
-    return yaml.safe_load(path.read_text())
+        raise SystemExit(f"error: no experiment {name!r} at {EXPERIMENTS / name}.yaml; choose one of {choices}")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    return {"experiment": name, "name": cfg.name, "description": str(cfg.get("description", "")).strip(),
+            "params": sweeper.get("params") or {}, "grids": sweeper.get("grids") or {}}
 
 
 def grids_of(spec: dict) -> dict[str, dict]:
-    """Each named grid of an experiment's `hydra.sweeper` (empty if it has none)."""
-    sweeper = (spec.get("hydra") or {}).get("sweeper") or {}
-    return {name: dict(grid or {}) for name, grid in (sweeper.get("grids") or {}).items()}
+    """Each named grid of an `experiment_spec` with the shared params filled in (the grid wins)."""
+    return {name: {**spec["params"], **(grid or {})} for name, grid in spec["grids"].items()}
 
 
 def grid_jobs(grids: Mapping[str, Mapping[str, object]], shared: Sequence[Override],
@@ -63,15 +69,16 @@ def grid_jobs(grids: Mapping[str, Mapping[str, object]], shared: Sequence[Overri
 
 
 def expand_jobs(spec: dict, command_line: Sequence[str] = (), only: Sequence[str] = ()) -> list[list[str]]:
-    """The job override lists a `+experiment=<spec>` multirun launches with `command_line` overrides."""
-    sweeper = (spec.get("hydra") or {}).get("sweeper") or {}
+    """The job override lists a `+experiment=<spec>` multirun launches with `command_line` task overrides
+    (`experiment_spec` in; the same expansion as the `grids` sweeper, `grid_jobs`)."""
     parser = OverridesParser.create()
-    shared = parser.parse_overrides([f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()])
-    grids = grids_of(spec) or {"": {}}
+    shared = parser.parse_overrides([f"{k}={v}" for k, v in spec["params"].items()])
+    grids = spec["grids"] or {"": {}}
     unknown = sorted(set(only) - set(grids))
     if unknown:
-        raise SystemExit(f"error: {unknown} are not grids of this experiment (grids: {sorted(grids)})")
-    return grid_jobs(grids, shared, parser.parse_overrides(list(command_line)), list(only) or None)
+        raise SystemExit(f"error: {unknown} are not grids of experiment {spec['experiment']} (grids: {sorted(grids)})")
+    command_line = [f"+experiment={spec['experiment']}", *command_line]
+    return grid_jobs(grids, shared, parser.parse_overrides(command_line), list(only) or None)
 
 
 def _identity(overrides: Sequence[str]) -> frozenset[str]:
@@ -92,20 +99,23 @@ def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> list[Path]:
     return [d for d in find_runs(sweep_dir) if _identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
 
 
-def sweep_command(experiment: str, out_dir: Path, launcher: str = "local_parallel", n_jobs: Optional[int] = None,
-                  overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[str]:
-    """The `python -m experiments.train -m +experiment=<name>` command of one multirun."""
-    cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}", f"+experiment={experiment}",
-           f"out_dir={out_dir}", *overrides]
+def sweep_command(experiment: Optional[str], out_dir: Path, launcher: str = "local_parallel",
+                  n_jobs: Optional[int] = None, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[str]:
+    """The `python -m experiments.train -m [+experiment=<name>]` command of one multirun."""
+    cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}",
+           *([f"+experiment={experiment}"] if experiment else []), f"out_dir={out_dir}", *overrides]
     if n_jobs is not None:
         cmd.append(f"hydra.launcher.n_jobs={n_jobs}")
     return cmd + ([f"hydra.sweeper.only=[{','.join(only)}]"] if only else [])
 
 
-def run_sweep(cmd: Sequence[str], sweep_dir: Path, log: Path) -> dict:
-    """Run one multirun command (1 torch thread per job), append its output to `log` and one line to the
-    sweep's history; returns that line. Raises RuntimeError naming the log on failure."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def run_sweep(cmd: Sequence[str], sweep_dir: Path, log: Path, threads_per_job: Optional[int] = 1) -> dict:
+    """Run one multirun command (`threads_per_job` OpenMP threads per job; None leaves the environment as it is),
+    append its output to `log` and one line to the sweep's history; returns that line (command, finish time,
+    wall seconds). Raises RuntimeError naming the log on failure."""
+    threads = {} if threads_per_job is None else {"OMP_NUM_THREADS": str(threads_per_job),
+                                                  "MKL_NUM_THREADS": str(threads_per_job)}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", **threads}
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with log.open("a") as f:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kvshift_lens.models import ConfigError, ModelConfig, build_module, constrain_, save_model
+from kvshift_lens.provenance import git_commit
 from kvshift_lens.tasks import Batch, TaskConfig, make_task
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
@@ -156,16 +156,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         (no_decay if p.dim() < 2 or "_shift." in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
-
-
-def git_commit() -> str:
-    """HEAD commit of the source tree this package runs from ('unknown' outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict]:

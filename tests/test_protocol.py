@@ -176,6 +176,14 @@ def test_combine(parts, expected):
     assert V.combine(parts) == expected
 
 
+@pytest.mark.parametrize("parts,expected", [
+    ([V.REPRODUCED, V.REPRODUCED], V.REPRODUCED), ([V.REPRODUCED, V.NOT_REPRODUCED], V.NOT_REPRODUCED),
+    ([V.REPRODUCED, V.INCONCLUSIVE], V.INCONCLUSIVE), ([], V.INCONCLUSIVE),
+])
+def test_all_of_is_a_conjunction(parts, expected):
+    assert V.all_of(parts) == expected
+
+
 def test_a_verdict_outside_the_vocabulary_is_rejected():
     with pytest.raises(ValueError, match="not one of"):
         V.Verdict("partly", "rule", "baseline")

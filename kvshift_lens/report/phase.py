@@ -30,10 +30,11 @@ CELL = ["arch", "n_layers", "n_heads", "seq_len", "d_model"]  # one configuratio
 FAMILY = ["arch", "n_layers", "n_heads", "seq_len"]  # a frontier is taken over d_model within one family
 EMBEDDING_MODULES = ("tok_embed", "pos", "head")  # top-level modules of `build_module` counted as embeddings
 RUN_COLUMNS = [*CELL, "d_head", "lr", "seed", "outcome", "censored", "induction_acc", "best_induction_acc",
-               "steps_to_90", "gain_last", "final_step", "budget", "train_seconds", "n_params",
+               "steps_to_90", "gain_last", "final_step", "budget", "batch_size", "train_seconds", "n_params",
                "n_params_non_embedding", "run"]
 RENAME = {"model.arch": "arch", "model.n_layers": "n_layers", "model.d_model": "d_model", "model.n_heads": "n_heads",
-          "model.d_head": "d_head", "task.seq_len": "seq_len", "train.lr": "lr", "train.steps": "budget"}
+          "model.d_head": "d_head", "task.seq_len": "seq_len", "train.lr": "lr", "train.steps": "budget",
+          "train.batch_size": "batch_size"}
 
 
 @lru_cache(maxsize=None)
@@ -52,16 +53,15 @@ def param_counts(model: dict) -> tuple[int, int]:
 def tidy_runs(curves: pd.DataFrame) -> pd.DataFrame:
     """One row per run (RUN_COLUMNS) from `analysis.load_runs` learning curves: protocol outcome, final and
     best accuracy, steps to 90 %, training seconds and parameter counts."""
-    keys = [c for c in RENAME if c in curves.columns]
     model_cols = [c for c in curves.columns if c.startswith("model.")]
-    runs = run_outcomes(curves.rename(columns={"induction_acc": "acc"}), [*keys, *[c for c in model_cols if c not in keys]],
-                        Protocol(metric="acc"))
+    keys = [*[c for c in RENAME if c in curves.columns and c not in model_cols], *model_cols, "seed"]
+    runs = run_outcomes(curves.rename(columns={"induction_acc": "acc"}), keys, Protocol(metric="acc"))
     seconds = curves.sort_values("step").groupby("run")["train_seconds"].last()
     counts = [param_counts({c[len("model."):]: v for c, v in row.items()}) for row in runs[model_cols].to_dict("records")]
     out = runs.rename(columns={**RENAME, "final": "induction_acc", "best": "best_induction_acc",
                                "steps_to_threshold": "steps_to_90"}).assign(
         train_seconds=lambda d: d["run"].map(seconds), n_params=[c[0] for c in counts],
-        n_params_non_embedding=[c[1] for c in counts], seed=runs["seed"])
+        n_params_non_embedding=[c[1] for c in counts])
     return out[RUN_COLUMNS].sort_values([*CELL, "seed", "lr"], ignore_index=True)
 
 

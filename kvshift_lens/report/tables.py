@@ -13,9 +13,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from kvshift_lens.analysis import load_runs
 from kvshift_lens.models import ModelConfig, build_module, load_model, shift_coefficients
+from kvshift_lens.tasks import TaskConfig, make_task
 
 CURVE_COLUMNS = ["run", "seed", "label", "step", "induction_acc", "eval_loss", "train_loss", "train_seconds"]
 QUADRANTS = ("α1>α2, β1>β2", "α1>α2, β1<β2", "α1<α2, β1>β2", "α1<α2, β1<β2")
@@ -110,3 +112,14 @@ def quadrant_counts(shifts: pd.DataFrame, at: str = "final") -> pd.DataFrame:
     """Head counts per quadrant (rows) and model label (columns) at the final checkpoint or at init."""
     counts = at_progress(shifts, at).groupby(["quadrant", "label"]).size().unstack("label", fill_value=0)
     return counts.reindex(QUADRANTS, fill_value=0)
+
+
+def context_free_accuracy(task: dict, n: int = 20_000, seed: int = 0) -> float:
+    """Accuracy of the best predictor that sees only the token at each scored position (not the context before
+    it): per scored token, always answer its most frequent target. A model that beats it used the context."""
+    cfg = TaskConfig(**{k: v for k, v in task.items() if k in TaskConfig.__dataclass_fields__})
+    batch = make_task(cfg).sample(n, torch.Generator().manual_seed(seed))
+    mask = batch.mask[:, :-1]  # [n, seq - 1]: position t predicts t + 1
+    last, target = batch.tokens[:, :-1][mask], batch.tokens[:, 1:][mask]  # [scored]
+    counts = torch.zeros(cfg.d_vocab, cfg.d_vocab).index_put_((last, target), torch.ones(len(last)), accumulate=True)
+    return float(counts.max(dim=1).values.sum() / len(last))

@@ -12,7 +12,7 @@ never a guess in either direction. The primitives below are shared by every stud
   inconclusive;
 * `learns_outcome` / `cannot_learn_outcome`: per-seed success / failure / censored outcomes of the
   capacity protocol (`kvshift_lens.report.protocol`) → whether a model learns a task;
-* `combine`: a claim made of several parts.
+* `combine`: a claim made of several parts; `all_of`: one part that is a conjunction of conditions.
 """
 
 from __future__ import annotations
@@ -99,6 +99,17 @@ def cannot_learn_outcome(outcomes: Sequence[str]) -> str:
     if any(o == CENSORED for o in outcomes):
         return INCONCLUSIVE
     return REPRODUCED
+
+
+def all_of(parts: Iterable[str]) -> str:
+    """Outcome of a conjunction ("learns, and later"): reproduced if every condition is, not reproduced if any
+    is not, else inconclusive."""
+    parts = list(parts)
+    if parts and all(p == REPRODUCED for p in parts):
+        return REPRODUCED
+    if any(p == NOT_REPRODUCED for p in parts):
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
 
 
 def combine(parts: Iterable[str]) -> str:
