@@ -124,6 +124,10 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     ]
     if len(violations):
         lines += [f"**Protocol not met** in {len(violations)} cell-seeds (fewer than 3 learning rates or a span < 10×).", ""]
+    edge = cells[cells.lr_at_edge & (cells.outcome == "success")]
+    lines += [] if edge.empty else [f"The best learning rate sits at an end of the grid in {len(edge)} of {int((cells.outcome == 'success').sum())} "
+              "succeeding cell-seeds (" + ", ".join(f"lr {lr:g}: {n}" for lr, n in edge.lr.value_counts().sort_index().items())
+              + "): a wider grid could move those cells, not the ones whose best lr is interior.", ""]
     lines += [
         f"### Best-lr accuracy, mean over seeds (seq_len {main_len}, 1 head)", "",
         md_table(phase.grid_table(main, "best_induction_acc").round(3).reset_index(), ".3f"), "",

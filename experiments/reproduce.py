@@ -108,8 +108,11 @@ def _basins() -> pd.DataFrame:
 
 
 def _find_hopk(table: pd.DataFrame) -> C.Finding:
-    cfg = table.filter(like="task.").iloc[0]
-    return C.find_hopk(table, T.context_free_accuracy({k[len("task."):]: v for k, v in cfg.items()}))
+    """hop-k verdict with the context-free baseline of each hops value's task."""
+    tasks = table.filter(like="task.").drop_duplicates("task.hops")
+    baseline = {int(r["task.hops"]): T.context_free_accuracy({k[len("task."):]: v for k, v in r.items()})
+                for _, r in tasks.iterrows()}
+    return C.find_hopk(table, baseline)
 
 
 FIG8 = ("fig8/base", "fig8/vanilla")
@@ -240,7 +243,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             training_time=provenance.training_time(run_dirs)))
     for name in FIGURES:  # figures drawn by earlier invocations stay in the report, recomputed from their CSVs
         if name not in findings and name not in failed and (out / f"{name}.csv").exists():
-            findings[name] = FIGURES[name].find(pd.read_csv(out / f"{name}.csv"))
+            try:
+                findings[name] = FIGURES[name].find(pd.read_csv(out / f"{name}.csv"))
+            except (KeyError, ValueError) as e:  # a CSV from an older pipeline lacks the columns the rule reads
+                print(f"warning: {out / name}.csv is stale ({type(e).__name__}: {e}); redraw it with --only {name}",
+                      file=sys.stderr)
     findings = {n: findings[n] for n in FIGURES if n in findings}
     meta = {"command": command, "profile": args.profile, "git_commit": provenance.git_commit(),
             "wall_seconds": time.perf_counter() - started, "draw_only": args.draw_only, "load_before": load_before,

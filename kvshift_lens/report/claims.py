@@ -14,7 +14,7 @@ below it; censored = still improving when the budget ran out).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -255,17 +255,18 @@ HOPK_CLAIM = ("On hop-k, KV shift has lower error than vanilla attention at the 
 LEARN_MARGIN = 0.05  # accuracy above the context-free predictor that counts as having learned something
 
 
-def find_hopk(table: pd.DataFrame, context_free: float) -> Finding:
+def find_hopk(table: pd.DataFrame, context_free: Mapping[int, float]) -> Finding:
     """hop-k: KV shift vs vanilla error per (depth, hops) cell where some model learned more than the best
-    predictor that ignores the context (`context_free`, the accuracy of guessing from the last token alone)."""
+    predictor that ignores the context (`context_free[hops]`: the accuracy of guessing from the last token alone)."""
     final = final_rows(table).assign(error=lambda d: 1 - d["induction_acc"],
                                      arch=lambda d: d["label"].str.split().str[0],
                                      depth=lambda d: d["label"].str.split().str[1])
     cells = group_mean_ci(final, ["label", "task.hops"], "induction_acc")
     numbers = [f"**{r['label']}**, hops={int(r['task.hops'])} — final error {fmt_ci(1 - r['mean'], 1 - r['hi'], 1 - r['lo'])}"
                f" (n={int(r['n'])})" for _, r in cells.iterrows()]
-    numbers.append(f"context-free baseline (best guess from the last token alone): error {1 - context_free:.2f}")
-    learned = cells[cells["lo"] > context_free + LEARN_MARGIN]
+    numbers.append("context-free baseline (best guess from the last token alone): error "
+                   + ", ".join(f"{1 - context_free[int(k)]:.2f} at hops={int(k)}" for k in sorted(cells["task.hops"].unique())))
+    learned = cells[cells["lo"] > cells["task.hops"].map(lambda k: context_free[int(k)]) + LEARN_MARGIN]
     numbers.append("cells that learned (accuracy interval above the baseline + "
                    f"{LEARN_MARGIN}): " + (", ".join(f"{r['label']} k={int(r['task.hops'])}" for _, r in learned.iterrows())
                                           or "none"))
