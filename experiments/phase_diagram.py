@@ -75,7 +75,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
         "csv": ".csv", "cells": "_cells.csv", "frontier": "_frontier.csv", "length": "_length.csv",
         "params": "_params.csv", "heatmaps": "_heatmaps.png", "params_png": "_params.png",
         "length_png": "_length.png", "provenance": "_provenance.json", "md": ".md"}.items()}
-    runs = phase.tidy_runs(study_runs(sweep_dir, spec))
+    runs = phase.tidy_runs(study_runs(sweep_dir, spec), sweep_dir)
     cells = phase.cells(runs)
     status = phase.status(cells)
     frontiers = phase.frontiers(status)

@@ -29,7 +29,8 @@ WIN, FLAT, RISING = [0.1, 0.5, 0.95], [0.1] + [0.2] * 10, [0.1] * 8 + [0.3, 0.5,
 
 
 @pytest.fixture
-def synthetic() -> pd.DataFrame:
+def synthetic(tmp_path) -> tuple[pd.DataFrame, Path]:
+    """Learning curves of 54 runs and a root holding each run's config.json (parameter counts come from it)."""
     rows = []
     for seed in range(3):
         for lr in (1e-3, 3e-3, 1e-2):
@@ -41,11 +42,17 @@ def synthetic() -> pd.DataFrame:
                            RISING if seed == 0 and good else FLAT)
             rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 8, "seq_len": 16}, seed, lr, FLAT)
             rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 16, "seq_len": 16}, seed, lr, WIN)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    for _, r in df.drop_duplicates("run").iterrows():
+        (tmp_path / r.run).mkdir(parents=True)
+        model = {"arch": r["model.arch"], "n_layers": r["model.n_layers"], "d_model": r["model.d_model"],
+                 "n_heads": 1, "d_vocab": 16, "n_ctx": r["task.seq_len"]}
+        (tmp_path / r.run / "config.json").write_text(json.dumps({"model": model}))
+    return df, tmp_path
 
 
 def test_tidy_runs_carry_lr_outcome_and_censoring_per_run(synthetic):
-    runs = phase.tidy_runs(synthetic)
+    runs = phase.tidy_runs(*synthetic)
     assert len(runs) == 6 * 3 * 3 and {"lr", "outcome", "censored", "n_params", "budget"} <= set(runs.columns)
     assert runs.groupby(phase.CELL).lr.nunique().min() == 3
     rising = runs[(runs.arch == "vanilla") & (runs.n_layers == 2) & (runs.seed == 0) & (runs.lr == 3e-3)].iloc[0]
@@ -54,7 +61,7 @@ def test_tidy_runs_carry_lr_outcome_and_censoring_per_run(synthetic):
 
 
 def test_cells_take_the_best_learning_rate_and_frontiers_count_censored_cells_as_open(synthetic):
-    cells = phase.cells(phase.tidy_runs(synthetic))
+    cells = phase.cells(phase.tidy_runs(*synthetic))
     kv8 = cells[(cells.arch == "kvshift") & (cells.d_model == 8) & (cells.seq_len == 8)]
     assert (kv8.outcome == SUCCESS).all() and (kv8.lr == 3e-3).all()
     v2 = cells[(cells.arch == "vanilla") & (cells.n_layers == 2)].set_index("seed")
@@ -68,7 +75,7 @@ def test_cells_take_the_best_learning_rate_and_frontiers_count_censored_cells_as
 
 
 def test_tables_and_plots_are_functions_of_the_cells(synthetic):
-    cells = phase.cells(phase.tidy_runs(synthetic))
+    cells = phase.cells(phase.tidy_runs(*synthetic))
     assert phase.outcome_table(cells[cells.seq_len == 8]).loc[("vanilla", 2), 8] == "0/3 (1 cens.)"
     pm = phase.param_matched(cells)
     at8 = pm[pm.seq_len == 8]

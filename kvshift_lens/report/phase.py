@@ -9,7 +9,9 @@ and baseline and are unit-tested on synthetic frames for every outcome.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -38,26 +40,26 @@ RENAME = {"model.arch": "arch", "model.n_layers": "n_layers", "model.d_model": "
 
 
 @lru_cache(maxsize=None)
-def _param_counts(items: tuple) -> tuple[int, int]:
-    module = build_module(ModelConfig.from_dict(dict(items)))
+def _param_counts(model_json: str) -> tuple[int, int]:
+    module = build_module(ModelConfig.from_dict(json.loads(model_json)))
     total = sum(p.numel() for p in module.parameters())
     embed = sum(p.numel() for n, p in module.named_parameters() if n.split(".")[0] in EMBEDDING_MODULES)
     return total, total - embed
 
 
 def param_counts(model: dict) -> tuple[int, int]:
-    """(all parameters, parameters outside token/position embeddings and the unembedding) of a model config."""
-    return _param_counts(tuple(sorted(model.items())))
+    """(all parameters, parameters outside token/position embeddings and the unembedding) of a model config
+    (the `model` entry of a run's config.json)."""
+    return _param_counts(json.dumps(model, sort_keys=True))
 
 
-def tidy_runs(curves: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (RUN_COLUMNS) from `analysis.load_runs` learning curves: protocol outcome, final and
-    best accuracy, steps to 90 %, training seconds and parameter counts."""
-    model_cols = [c for c in curves.columns if c.startswith("model.")]
-    keys = [*[c for c in RENAME if c in curves.columns and c not in model_cols], *model_cols, "seed"]
+def tidy_runs(curves: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """One row per run (RUN_COLUMNS) from `analysis.load_runs(root)` learning curves: protocol outcome, final
+    and best accuracy, steps to 90 %, training seconds, and parameter counts from each run's config.json."""
+    keys = [*[c for c in RENAME if c in curves.columns], "seed"]
     runs = run_outcomes(curves.rename(columns={"induction_acc": "acc"}), keys, Protocol(metric="acc"))
     seconds = curves.sort_values("step").groupby("run")["train_seconds"].last()
-    counts = [param_counts({c[len("model."):]: v for c, v in row.items()}) for row in runs[model_cols].to_dict("records")]
+    counts = [param_counts(json.loads((root / run / "config.json").read_text())["model"]) for run in runs["run"]]
     out = runs.rename(columns={**RENAME, "final": "induction_acc", "best": "best_induction_acc",
                                "steps_to_threshold": "steps_to_90"}).assign(
         train_seconds=lambda d: d["run"].map(seconds), n_params=[c[0] for c in counts],
