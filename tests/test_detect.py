@@ -274,6 +274,15 @@ def test_copying_score_needs_no_vocab_sized_eigendecomposition():
                                rtol=0)
 
 
+def test_on_distinct_r_the_induction_score_is_the_plain_arena_diagonal():
+    period = 10
+    tokens = repeated_tokens(4, period, 64, torch.Generator().manual_seed(0))  # distinct by default
+    pattern = random_pattern(4, 3, tokens.shape[1])
+    q = torch.arange(period + 1, tokens.shape[1])
+    diagonal = pattern[..., q, q - period + 1].mean((0, -1))  # ARENA: mean over batch and second-copy rows
+    torch.testing.assert_close(induction_score(pattern, tokens), diagonal)
+
+
 def test_repeated_tokens_draw_r_without_replacement_where_the_vocabulary_allows():
     g = torch.Generator().manual_seed(0)
     tokens = repeated_tokens(16, 31, 64, g)  # default: distinct
