@@ -63,7 +63,7 @@ class FigureSpec:
 
 
 def _ablation_label(row: pd.Series) -> str:
-    return "vanilla 1L" if row["model.arch"] == "vanilla" else f"shift {row['model.shift']}"
+    return "vanilla 1L" if row["model.arch"] == "vanilla" else f"shift {row['model.mixer.sides']}"
 
 
 def _fig8_label(column: str, name: str) -> Callable[[pd.Series], str]:
@@ -123,7 +123,7 @@ FIGURES: dict[str, FigureSpec] = {
                                  lambda t: C.find_fig2(t, _basins())),
     "table4_alpha_beta": FigureSpec(("fig1a_depth/one_layer",), _shift_table, P.plot_quadrants, C.find_table4),
     "fig8_variants": FigureSpec(
-        (*FIG8, "fig8_variants"), lambda d, r: T.curves_table(d, r, _fig8_label("model.shift_param", "shift_param")),
+        (*FIG8, "fig8_variants"), lambda d, r: T.curves_table(d, r, _fig8_label("model.mixer.param", "shift_param")),
         lambda t: P.plot_curves(t, "Shift parametrisation (Fig 8)"),
         C.find_variants("Every parametrisation of the shift coefficients learns the induction task (1 layer).", (),
                         "vanilla 1L", baseline_must_fail=False)),
@@ -133,7 +133,7 @@ FIGURES: dict[str, FigureSpec] = {
         C.find_variants("Shifting K, V or both lets one layer learn induction; vanilla one layer does not.", (),
                         "vanilla 1L", baseline_must_fail=True)),
     "fig8_window": FigureSpec(
-        (*FIG8, "fig8_window"), lambda d, r: T.curves_table(d, r, _fig8_label("model.shift_window", "window")),
+        (*FIG8, "fig8_window"), lambda d, r: T.curves_table(d, r, _fig8_label("model.mixer.window", "window")),
         lambda t: P.plot_curves(t, "Shift window (Fig 8)"),
         C.find_variants("A wider shift window (w = 2, 3) still learns induction in one layer.", (), "vanilla 1L",
                         baseline_must_fail=False)),

@@ -1,25 +1,31 @@
-"""kvshift_lens: KV shifting attention (Xu et al. 2024) as TransformerLens 4 models, with
-synthetic induction tasks, a CPU-fast trainer and mechanistic-interpretability tools.
+"""kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
+models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-The model API below is imported on first use, so light submodules (`kvshift_lens.sweeps`, used
-by the hydra sweeper in a launcher process) load without torch or TransformerLens.
+The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers`,
+`kvshift_lens.tasks` and `kvshift_lens.sweeps` (used by the hydra sweeper in a launcher process)
+import without transformer_lens.
 """
 
-from importlib import import_module
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "ModelConfig",
-    "build_model",
-    "build_module",
-    "load_model",
-    "save_model",
-    "shift_coefficients",
-    "to_bridge",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConfigError": "kvshift_lens.errors",
+    "ModelConfig": "kvshift_lens.model_config",
+    "build_model": "kvshift_lens.models",
+    "build_module": "kvshift_lens.models",
+    "load_model": "kvshift_lens.models",
+    "mixer_coefficients": "kvshift_lens.models",
+    "save_model": "kvshift_lens.models",
+    "shift_coefficients": "kvshift_lens.models",
+    "to_bridge": "kvshift_lens.models",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in __all__:
-        return getattr(import_module("kvshift_lens.models"), name)
-    raise AttributeError(f"module 'kvshift_lens' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kvshift_lens' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

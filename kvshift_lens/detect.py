@@ -179,18 +179,6 @@ def attention_patterns(model: TransformerBridge, tokens: torch.Tensor) -> torch.
     return torch.stack([cache[n] for n in names], dim=1)
 
 
-def head_shift_coefficients(model: TransformerBridge, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value mixing coefficients per QUERY head, (alpha, beta) each [head, window+1];
-    identity (1, 0, ...) where K or V is unshifted (vanilla models included)."""
-    cfg = model_config(model)
-    attn = attention_layers(model)[layer]
-    width, repeats = cfg.shift_window + 1, cfg.n_heads // cfg.kv_heads
-    identity = torch.zeros(cfg.kv_heads, width, device=_device(model))
-    identity[:, 0] = 1.0
-    coeffs = [m.coefficients().detach() if m is not None else identity for m in (attn.k_shift, attn.v_shift)]
-    return tuple(c.repeat_interleave(repeats, dim=0) for c in coeffs)
-
-
 def direct_logits(model: TransformerBridge, resid: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Logits a residual component [..., d_model] adds through the final norm and unembed: [..., vocab].
 
@@ -210,16 +198,16 @@ def _direct_ov(model: TransformerBridge, layer: int) -> tuple[torch.Tensor, torc
     source token to the logits it writes: (left [head, vocab, d_head], right [head, d_head, vocab]).
 
     Token a -> ln1(W_E[a]) − ln1(0) (LayerNorm folded exactly per token; the norm bias is not the token's)
-    -> W_V[h] -> ·β1 (KV shift: the attended token's own value path) -> W_O[h] -> final norm linearised as
-    TL's `apply_ln_to_stack` (centre, gain) -> W_U.
+    -> the value path's lag-0 part (the attended token's own value: β1·W_V for KV shift, every mixer's lag-0
+    coefficients in general) -> W_O[h] -> final norm linearised as TL's `apply_ln_to_stack` (centre, gain) -> W_U.
     """
     cfg = model_config(model)
-    zero = torch.zeros(1, cfg.d_model, device=_device(model))
+    zero = torch.zeros(1, 1, cfg.d_model, device=_device(model))
+    attn = attention_layers(model)[layer]
     ln1 = model.blocks[layer].ln1.original_component  # the bare norm: calling the bridge one has side effects
-    x = ln1(model.W_E) - ln1(zero)  # [vocab, d_model]
-    w_v = model.W_V[layer].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=0)  # [head, d_model, d_head]
-    beta1 = head_shift_coefficients(model, layer)[1][:, 0]  # [head]
-    left = torch.einsum("vm,hmd->hvd", x, w_v) * beta1[:, None, None]  # [head, vocab, d_head]
+    own = attn.lag_terms(ln1(model.W_E)[:, None], "v")[0] - attn.lag_terms(ln1(zero), "v")[0]  # [vocab, 1, kv, d_head]
+    own = own[:, 0].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=1)  # [vocab, head, d_head]
+    left = own.transpose(0, 1)  # [head, vocab, d_head]
     right = direct_logits(model, model.W_O[layer])  # [head, d_head, vocab]
     return left, right
 
@@ -247,7 +235,7 @@ def copying_boost_share(model: TransformerBridge) -> torch.Tensor:
     mean-subtracted logit boosts of the head's direct OV row that lands on a itself; score = mean of 2·r_a − 1.
 
     Range [−1, 1], but a head of rank d_head over V tokens cannot reach 1: its rows boost many tokens,
-    so an ideal rank-16 copier over 64 tokens scores about −0.67. Compare heads with each other only.
+    so an ideal rank-16 copier over 64 tokens scores about −0.70. Compare heads with each other only.
     """
     scores = []
     for layer in range(model_config(model).n_layers):

@@ -26,6 +26,7 @@ def curves(cell: dict, seed: int, lr: float, accs: list[float]) -> list[dict]:
 
 
 WIN, FLAT, RISING = [0.1, 0.5, 0.95], [0.1] + [0.2] * 10, [0.1] * 8 + [0.3, 0.5, 0.7]
+MIXERS = {"kvshift": "kv_shift", "vanilla": "none"}  # derived model.arch -> model.mixer.name
 
 
 @pytest.fixture
@@ -45,8 +46,8 @@ def synthetic(tmp_path) -> tuple[pd.DataFrame, Path]:
     df = pd.DataFrame(rows)
     for _, r in df.drop_duplicates("run").iterrows():
         (tmp_path / r.run).mkdir(parents=True)
-        model = {"arch": r["model.arch"], "n_layers": r["model.n_layers"], "d_model": r["model.d_model"],
-                 "n_heads": 1, "d_vocab": 16, "n_ctx": r["task.seq_len"]}
+        model = {"mixer": {"name": MIXERS[r["model.arch"]]}, "n_layers": r["model.n_layers"],
+                 "d_model": r["model.d_model"], "n_heads": 1, "d_vocab": 16, "n_ctx": r["task.seq_len"]}
         (tmp_path / r.run / "config.json").write_text(json.dumps({"model": model}))
     return df, tmp_path
 
@@ -97,7 +98,7 @@ def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, v
 @pytest.mark.parametrize("arch,n_layers,d,heads,d_head", [("kvshift", 1, 8, 1, 8), ("vanilla", 2, 8, 2, 4),
                                                           ("kvshift", 3, 16, 4, 2)])
 def test_param_counts_match_the_architecture(arch, n_layers, d, heads, d_head):
-    model = {"arch": arch, "n_layers": n_layers, "d_model": d, "n_heads": heads, "d_head": d_head,
+    model = {"mixer": {"name": MIXERS[arch]}, "n_layers": n_layers, "d_model": d, "n_heads": heads, "d_head": d_head,
              "d_vocab": 16, "n_ctx": 12}
     assert phase.param_counts(model) == expected_params(arch, n_layers, d, heads, d_head, 16, 12)
 
