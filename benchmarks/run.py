@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from benchmarks.reference import RefModel
 from kvshift_lens import sweeps
-from kvshift_lens.provenance import git_commit, git_dirty
+from kvshift_lens.provenance import git_commit, git_dirty, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {  # issue 6 §2 (ratios on the 2-core CPU)
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     commit = git_commit() + ("-dirty" if git_dirty() else "")  # before the first partial write of bench.json
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     rounds = args.rounds or (2 if args.quick else 10)
 
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_mb": round(training["max_rss_mb"], 1),
             "git_commit": commit,
             "machine": machine_info(device),
-            "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+            "load_average": {"start": load_start, "end": load_average()},
             "quick": args.quick,
             "details": details,
             "training_run": training,
