@@ -17,7 +17,8 @@ import torch
 
 from kvshift_lens.analysis import load_runs
 from kvshift_lens.models import ModelConfig, build_module, load_model, shift_coefficients
-from kvshift_lens.tasks import TaskConfig, make_task
+from kvshift_lens.tasks import make_task
+from kvshift_lens.tasks.base import upgrade_legacy
 
 CURVE_COLUMNS = ["run", "seed", "label", "step", "induction_acc", "eval_loss", "train_loss", "train_seconds"]
 QUADRANTS = ("α1>α2, β1>β2", "α1>α2, β1<β2", "α1<α2, β1>β2", "α1<α2, β1<β2")
@@ -116,10 +117,17 @@ def quadrant_counts(shifts: pd.DataFrame, at: str = "final") -> pd.DataFrame:
 
 def context_free_accuracy(task: dict, n: int = 20_000, seed: int = 0) -> float:
     """Accuracy of the best predictor that sees only the token at each scored position (not the context before
-    it): per scored token, always answer its most frequent target. A model that beats it used the context."""
-    cfg = TaskConfig(**{k: v for k, v in task.items() if k in TaskConfig.__dataclass_fields__})
-    batch = make_task(cfg).sample(n, torch.Generator().manual_seed(seed))
+    it): per scored token, always answer its most frequent target. A model that beats it used the context.
+
+    `task` is a task config mapping (e.g. the `task.*` columns of a run, prefix stripped); NaN entries are
+    ignored, integral floats read as ints, and a pre-registry flat layout is accepted."""
+    values = {k: (v.item() if hasattr(v, "item") else v) for k, v in task.items()}
+    clean = {k: int(v) if isinstance(v, float) and v.is_integer() else v  # a CSV column with NaN reads ints as floats
+             for k, v in values.items() if not (isinstance(v, float) and v != v)}
+    built = make_task(upgrade_legacy(clean))
+    batch = built.sample(n, torch.Generator().manual_seed(seed))
+    vocab = int(clean["d_vocab"])
     mask = batch.mask[:, :-1]  # [n, seq - 1]: position t predicts t + 1
     last, target = batch.tokens[:, :-1][mask], batch.tokens[:, 1:][mask]  # [scored]
-    counts = torch.zeros(cfg.d_vocab, cfg.d_vocab).index_put_((last, target), torch.ones(len(last)), accumulate=True)
+    counts = torch.zeros(vocab, vocab).index_put_((last, target), torch.ones(len(last)), accumulate=True)
     return float(counts.max(dim=1).values.sum() / len(last))
