@@ -18,12 +18,20 @@ from kvshift_lens.report.stats import group_mean_ci
 from kvshift_lens.report.tables import QUADRANTS, final_rows
 
 
+def carry_forward(group: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Runs of one group on a common step grid, each run's last `value` carried past its last step (a run that
+    stopped early at the threshold stays there, instead of leaving the mean): columns run, step, value."""
+    wide = group.pivot_table(index="step", columns="run", values=value).sort_index()
+    return wide.ffill().reset_index().melt(id_vars="step", var_name="run", value_name=value)
+
+
 def plot_curves(table: pd.DataFrame, title: str, value: str = "induction_acc", by: str = "label",
                 ax: Optional[plt.Axes] = None) -> Figure:
-    """Mean over seeds of `value` vs step per `by` group, with a 95 % t-interval band."""
+    """Mean over seeds of `value` vs step per `by` group, with a 95 % t-interval band; runs that stopped early
+    (train.stop_at) keep their last value."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
     for label, g in table.groupby(by, sort=True):
-        s = group_mean_ci(g, ["step"], value)
+        s = group_mean_ci(carry_forward(g, value), ["step"], value)
         (line,) = ax.plot(s["step"], s["mean"], label=f"{label} (n={s['n'].max()})")
         ax.fill_between(s["step"], s["lo"], s["hi"], color=line.get_color(), alpha=0.2)
     ax.set(xlabel="step", ylabel=value.replace("_", " "), title=title, ylim=(-0.02, 1.02))
