@@ -17,6 +17,7 @@ markdown section with the verdicts (also spliced into results/REPORT.md).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from kvshift_lens import provenance, sweeps  # noqa: E402
-from kvshift_lens.analysis import load_runs  # noqa: E402
+from kvshift_lens.analysis import load_runs, run_status  # noqa: E402
 from kvshift_lens.report import phase, plots  # noqa: E402
 from kvshift_lens.report.markdown import md_table, splice_section  # noqa: E402
 from kvshift_lens.report.protocol import lr_grid_violations  # noqa: E402
@@ -40,8 +41,10 @@ PROFILES = {"cpu": ("phase_diagram", "local_parallel"), "tiny": ("phase_diagram_
 
 
 def study_runs(sweep_dir: Path, spec: dict) -> pd.DataFrame:
-    """Learning curves of the finished runs under `sweep_dir` that are jobs of `spec` (strays left out)."""
-    dirs = [d for d in sweeps.runs_of_jobs(sweep_dir, sweeps.expand_jobs(spec)) if (d / "summary.json").exists()]
+    """Learning curves of the finished runs under `sweep_dir` that are jobs of `spec` (strays left out; diverged
+    runs kept with the rows they logged, failed and unfinished ones left out)."""
+    dirs = [d for d in sweeps.runs_of_jobs(sweep_dir, sweeps.expand_jobs(spec))
+            if run_status(d) in ("completed", "diverged")]
     if not dirs:
         raise SystemExit(f"error: no finished runs of {spec['experiment']} under {sweep_dir}; run without --skip-train")
     curves = load_runs(sweep_dir)
@@ -173,8 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("$", " ".join(cmd[1:]), flush=True)
         try:
             sweeps.run_sweep(cmd, sweep_dir, args.out_dir.resolve() / "logs" / f"{spec['name']}.log")
-        except RuntimeError as e:
-            raise SystemExit(f"error: {e}") from None
+        except RuntimeError as e:  # failed jobs are recorded in their run directories; the others are drawn
+            print(f"error: {e}", file=sys.stderr)
     command = "python -m experiments.phase_diagram" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
     record = provenance.record(command, profile=args.profile, launcher=launcher, n_jobs=n_jobs,
                                wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),

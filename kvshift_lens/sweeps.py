@@ -41,7 +41,7 @@ def experiment_spec(name: str) -> dict:
     with initialize_config_dir(config_dir=str(EXPERIMENTS.parent), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"+experiment={name}"], return_hydra_config=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
-    return {"experiment": name, "name": cfg.name, "description": str(cfg.get("description", "")).strip(),
+    return {"experiment": name, "name": cfg.name, "description": str(sweeper.get("description") or "").strip(),
             "params": sweeper.get("params") or {}, "grids": sweeper.get("grids") or {}}
 
 

@@ -43,6 +43,12 @@ def test_plateau_gain_is_the_running_maximum_over_the_last_fifth_of_the_steps():
     assert strict.outcome.item() == V.CENSORED
 
 
+def test_a_diverged_run_is_a_failure_not_censored():
+    rows = [dict(r, status="diverged") for r in curve("d", RISING[:-1] + [float("nan")])]
+    out = P.run_outcomes(pd.DataFrame(rows), [])
+    assert out.outcome.item() == V.FAILURE and out.final_step.item() == 900  # the NaN evaluation is dropped
+
+
 def test_a_run_too_short_to_judge_a_plateau_is_censored():
     out = P.run_outcomes(pd.DataFrame(curve("x", [0.1])), [])
     assert out.outcome.item() == V.CENSORED

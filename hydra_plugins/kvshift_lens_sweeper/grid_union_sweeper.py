@@ -15,6 +15,7 @@ drops duplicate jobs, and hands the whole list to the launcher at once (the expa
           main: {model.n_layers: "1,2", model.d_model: "64,32"}
           deep: {model.n_layers: "3", model.d_model: "32"}
         only: null          # or a list of grid names to run a subset
+        description: ...    # what the study runs (reports quote it)
 
 Jobs run in grid order, so put the grids whose results matter most first.
 """
@@ -37,6 +38,7 @@ class GridUnionSweeperConf:
     params: Optional[Dict[str, str]] = None  # shared by every grid
     grids: Dict[str, Any] = field(default_factory=dict)  # name -> {key: "v1,v2" sweep string}
     only: Optional[List[str]] = None  # run these grids only (default: all)
+    description: str = ""  # what the study runs, one paragraph (reports quote it; the sweeper ignores it)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grids", node=GridUnionSweeperConf, provider="kvshift_lens")
@@ -46,7 +48,8 @@ class GridUnionSweeper(BasicSweeper):
     """Basic sweeper over the union of named grids (see the module docstring)."""
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None) -> None:
+                 grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None,
+                 description: str = "") -> None:
         super().__init__(max_batch_size, params)
         self.grids = {name: dict(grid or {}) for name, grid in (grids or {}).items()}
         unknown = sorted(set(only or ()) - set(self.grids))

@@ -7,8 +7,9 @@ rates spanning >= 10x, and judged by its best one:
 
 1. **Per run** (`run_outcomes`): *success* if the metric reaches `threshold` at an evaluation; else
    *failure* if it has plateaued — no gain > `plateau_gain` over the last `plateau_window` of its
-   steps (gain of the running maximum) — else *censored*: still improving when the budget ran out,
-   so the run says nothing about capacity and is never counted as a failure.
+   steps (gain of the running maximum) — or diverged (the trainer's `status`); else *censored*: still
+   improving when the budget ran out, so the run says nothing about capacity and is never counted as a
+   failure.
 2. **Per cell and seed** (`cell_results`): the best learning rate (a success first, the earliest one;
    otherwise the highest best metric) and its outcome; time to threshold as right-censored data.
 3. **Per cell** (`cell_status`): *success* when >= `quorum` (2/3) of seeds succeed, *failure* when that
@@ -49,6 +50,7 @@ class Protocol:
     lr: str = "train.lr"
     seed: str = "seed"
     run: str = "run"
+    status: str = "status"  # the trainer's run status, if the frame has it: "diverged" runs cannot improve
 
 
 RUN_COLUMNS = ["final_step", "final", "best", "steps_to_threshold", "gain_last", "outcome", "censored"]
@@ -61,6 +63,10 @@ def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protoc
     anything constant per run), then RUN_COLUMNS. `outcome` is success / failure / censored (module doc)."""
     rows = []
     for run, g in curves.sort_values(p.step).groupby(p.run, sort=True):
+        diverged = p.status in g and (g[p.status] == "diverged").any()
+        g = g[g[p.metric].notna()]
+        if g.empty:
+            continue
         steps, metric = g[p.step].to_numpy(float), g[p.metric].to_numpy(float)
         final_step = steps[-1]
         hit = steps[metric >= p.threshold]
@@ -69,7 +75,7 @@ def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protoc
         gain = float(metric.max() - before.max()) if len(before) and len(window) else math.nan
         if len(hit):
             outcome = SUCCESS
-        elif gain == gain and gain <= p.plateau_gain:
+        elif diverged or (gain == gain and gain <= p.plateau_gain):
             outcome = FAILURE
         else:
             outcome = CENSORED

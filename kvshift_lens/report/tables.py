@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kvshift_lens.analysis import load_runs
-from kvshift_lens.models import ModelConfig, build_module, load_model, shift_coefficients
+from kvshift_lens.analysis import load_runs, run_status
+from kvshift_lens.checkpoints import load_model
+from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.models import build_module, shift_coefficients
 from kvshift_lens.tasks import make_task
 from kvshift_lens.tasks.base import upgrade_legacy
 
@@ -45,16 +47,18 @@ def _relative(run_dirs: Sequence[Path], root: Path) -> dict[str, Path]:
 
 
 def curves_table(run_dirs: Sequence[Path], root: Path, label: Callable[[pd.Series], str] = model_label) -> pd.DataFrame:
-    """Tidy learning curves of the finished runs among `run_dirs` (all under `root`): CURVE_COLUMNS plus every
-    `model.*` / `task.*` column, `train.steps`, `train.lr` and n_params."""
-    finished = {k: d for k, d in _relative(run_dirs, root).items() if (d / "summary.json").exists()}
+    """Tidy learning curves of the finished runs among `run_dirs` (all under `root`; diverged runs keep the rows
+    they logged, failed and unfinished ones are left out): CURVE_COLUMNS plus `status`, every `model.*` /
+    `task.*` column, `train.steps`, `train.lr` and n_params."""
+    finished = {k: d for k, d in _relative(run_dirs, root).items() if run_status(d) in ("completed", "diverged")}
     if not finished:
         raise FileNotFoundError(f"no finished runs of this study under {root}")
     runs = load_runs(root)
     runs = runs[runs["run"].isin(finished)].copy()
     runs["label"] = runs.apply(label, axis=1)
     runs["n_params"] = runs["run"].map({k: n_params(d) for k, d in finished.items()})
-    config_cols = [c for c in runs.columns if c.startswith(("model.", "task."))] + ["train.steps", "train.lr", "n_params"]
+    config_cols = ["status"] + [c for c in runs.columns if c.startswith(("model.", "task."))] + [
+        "train.steps", "train.lr", "n_params"]
     return runs[CURVE_COLUMNS + config_cols].sort_values(["label", "seed", "run", "step"]).reset_index(drop=True)
 
 

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from kvshift_lens.errors import ConfigError
-from kvshift_lens.registry import Registry, build_dataclass
+from kvshift_lens.registry import Registry
+from kvshift_lens.schema import build as build_config
 
 BOS, PAD, NO_ANSWER = 0, 1, 2
 N_SPECIAL = 3  # content tokens are [N_SPECIAL, d_vocab)
@@ -111,7 +112,7 @@ def task_config(data: Any, **overrides: Any) -> TaskConfig:
         data = dataclasses.asdict(data)
     if isinstance(data, str):
         data = {"name": data}
-    return build_dataclass(TaskConfig, {**data, **overrides}, "task")
+    return build_config(TaskConfig, {**data, **overrides}, "task")
 
 
 def make_task(cfg: Any) -> Task:
