@@ -85,6 +85,26 @@ def _identity(overrides: Sequence[str]) -> frozenset[str]:
     return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in VOLATILE)
 
 
+def write_selection(path: Path, jobs: Sequence[Sequence[str]]) -> Path:
+    """Write `jobs` (override lists) as the YAML file `hydra.sweeper.select` reads; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump([list(j) for j in jobs], default_flow_style=False))
+    return path
+
+
+def select_jobs(jobs: Sequence[Sequence[str]], path: Path) -> list[list[str]]:
+    """The `jobs` listed in the selection file at `path`, in `jobs`' order (identity up to `VOLATILE` keys and
+    order). ValueError naming a listed job that is not among `jobs`, or a file that is not a list of lists."""
+    listed = yaml.safe_load(path.read_text())
+    if not isinstance(listed, list) or not all(isinstance(j, list) for j in listed):
+        raise ValueError(f"{path} must be a YAML list of jobs, each a list of overrides (sweeps.write_selection)")
+    wanted = {_identity(j) for j in listed}
+    unknown = wanted - {_identity(j) for j in jobs}
+    if unknown:
+        raise ValueError(f"{len(unknown)} selected job(s) are not jobs of this sweep, e.g. {sorted(next(iter(unknown)))}")
+    return [list(j) for j in jobs if _identity(j) in wanted]
+
+
 def job_overrides(run_dir: Path) -> list[str]:
     """The overrides hydra recorded for a run (`.hydra/overrides.yaml`; empty if absent)."""
     path = run_dir / ".hydra" / "overrides.yaml"
@@ -100,12 +120,16 @@ def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> list[Path]:
 
 
 def sweep_command(experiment: Optional[str], out_dir: Path, launcher: str = "local_parallel",
-                  n_jobs: Optional[int] = None, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[str]:
-    """The `python -m experiments.train -m [+experiment=<name>]` command of one multirun."""
+                  n_jobs: Optional[int] = None, overrides: Sequence[str] = (), only: Sequence[str] = (),
+                  select: Optional[Path] = None) -> list[str]:
+    """The `python -m experiments.train -m [+experiment=<name>]` command of one multirun (`select`: a
+    `write_selection` file, to run only those of its jobs)."""
     cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}",
            *([f"+experiment={experiment}"] if experiment else []), f"out_dir={out_dir}", *overrides]
     if n_jobs is not None:
         cmd.append(f"hydra.launcher.n_jobs={n_jobs}")
+    if select is not None:
+        cmd.append(f"hydra.sweeper.select={select}")
     return cmd + ([f"hydra.sweeper.only=[{','.join(only)}]"] if only else [])
 
 

@@ -74,3 +74,35 @@ def test_expanded_jobs_use_the_sweepers_value_formatting():
     spec = {"experiment": "x", "params": {"seed": "0,1"}, "grids": {"g": {"train.lr": "1e-3,1e-2"}}}
     jobs = expand_jobs(spec, ["out_dir=/tmp/r"])
     assert ["train.lr=0.001", "seed=0", "+experiment=x", "out_dir=/tmp/r"] in jobs and len(jobs) == 4
+
+
+def test_select_runs_only_the_listed_jobs_in_grid_order_and_rejects_strangers(tmp_path):
+    from kvshift_lens.sweeps import write_selection
+
+    path = write_selection(tmp_path / "round.yaml", [["d=2", "arch=k", "seed=9"], ["arch=v", "d=4", "seed=0"]])
+    sweeper = grid_union_sweeper.GridUnionSweeper(max_batch_size=None, params={"seed": "0"}, grids=GRIDS, select=str(path))
+    (batch,) = sweeper.split_arguments(OverridesParser.create().parse_overrides(["seed=0"]), None)
+    assert batch == [["arch=v", "d=4", "seed=0"], ["arch=k", "d=2", "seed=9"]]  # override order does not matter
+    write_selection(path, [["arch=v", "d=16", "seed=0"]])
+    with pytest.raises(HydraException, match="hydra.sweeper.select=.*not jobs of this sweep"):
+        sweeper.split_arguments(OverridesParser.create().parse_overrides(["seed=0"]), None)
+    path.write_text("arch=v\n")
+    with pytest.raises(HydraException, match="must be a YAML list of jobs"):
+        sweeper.split_arguments(OverridesParser.create().parse_overrides(["seed=0"]), None)
+
+
+def test_a_selection_of_expanded_jobs_launches_exactly_those_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from kvshift_lens.sweeps import ROOT, expand_jobs, experiment_spec, runs_of_jobs, sweep_command, write_selection
+
+    spec = experiment_spec("phase_diagram_tiny")
+    out = tmp_path / "runs"
+    jobs = expand_jobs(spec)
+    chosen = [jobs[0], jobs[-1]]
+    cmd = sweep_command("phase_diagram_tiny", out, "basic", select=write_selection(tmp_path / "sel.yaml", chosen))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    found = runs_of_jobs(out / "sweeps" / spec["name"], jobs)
+    assert len(found) == 2 and len(runs_of_jobs(out / "sweeps" / spec["name"], chosen)) == 2

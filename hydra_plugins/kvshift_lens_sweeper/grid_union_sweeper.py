@@ -16,11 +16,16 @@ drops duplicate jobs, and hands the whole list to the launcher at once (the expa
           deep: {model.n_layers: "3", model.d_model: "32"}
         only: null          # or a list of grid names to run a subset
         description: ...    # what the study runs (reports quote it)
+        select: null        # or a YAML file listing jobs (override lists): run only those of the grids' jobs
 
-Jobs run in grid order, so put the grids whose results matter most first.
+Jobs run in grid order, so put the grids whose results matter most first. `select` is how a study
+that decides its next runs from the finished ones (`kvshift_lens.report.search`) launches one round:
+the file holds a subset of the expanded jobs (`kvshift_lens.sweeps.write_selection`); a listed job
+that is not one of them is an error.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -28,7 +33,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 
-from kvshift_lens.sweeps import grid_jobs
+from kvshift_lens.sweeps import grid_jobs, select_jobs
 
 
 @dataclass
@@ -39,6 +44,7 @@ class GridUnionSweeperConf:
     grids: Dict[str, Any] = field(default_factory=dict)  # name -> {key: "v1,v2" sweep string}
     only: Optional[List[str]] = None  # run these grids only (default: all)
     description: str = ""  # what the study runs, one paragraph (reports quote it; the sweeper ignores it)
+    select: Optional[str] = None  # YAML file of jobs to run, a subset of the grids' jobs (default: all)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grids", node=GridUnionSweeperConf, provider="kvshift_lens")
@@ -49,8 +55,9 @@ class GridUnionSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
                  grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None,
-                 description: str = "") -> None:
+                 description: str = "", select: Optional[str] = None) -> None:
         super().__init__(max_batch_size, params)
+        self.select = select
         self.grids = {name: dict(grid or {}) for name, grid in (grids or {}).items()}
         unknown = sorted(set(only or ()) - set(self.grids))
         if unknown:
@@ -63,4 +70,9 @@ class GridUnionSweeper(BasicSweeper):
             return BasicSweeper.split_arguments(overrides, max_batch_size)
         n_params = len(self.params)  # `overrides` = shared params, then the command line (BasicSweeper.sweep)
         jobs = grid_jobs(self.grids, overrides[:n_params], overrides[n_params:], self.only)
+        if self.select:
+            try:
+                jobs = select_jobs(jobs, Path(self.select))
+            except (OSError, ValueError) as e:
+                raise HydraException(f"hydra.sweeper.select={self.select}: {e}") from None
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))
