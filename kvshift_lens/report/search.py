@@ -1,0 +1,126 @@
+"""Budget-aware search under the capacity protocol: which runs of a study's full grid to train next.
+
+A full grid (every family × width × learning rate × seed) spends most of its compute where models fail:
+a failed cell-seed needs every learning rate at the full budget, while a success stops at the threshold.
+Two searches train a subset and keep the protocol's per-cell results (`protocol.cell_status`) and
+frontier (`protocol.frontier`):
+
+* **Success-first learning rates**: per cell and seed, the learning rates in a fixed order (the order the
+  experiment file lists them), the next one only while none has succeeded. The protocol's per-seed outcome
+  is "success" as soon as any learning rate succeeds and otherwise depends on all of them, so stopping at
+  the first success changes no outcome; only which of several succeeding rates is reported as the best (the
+  earliest to the threshold in a full grid) can differ. Unlike successive halving, no rate is dropped before
+  its run has ended, so a late phase change is never cut off.
+* **Bisection over width** (`next_width`): per family, the widest width first (a family that does not
+  succeed there is done: frontier "none" or "censored"), then the lower middle of the grid widths strictly
+  between the widest non-succeeding width below the narrowest succeeding one and that one, until none is
+  left. This finds the full grid's frontier whenever success is monotone in width (a wider model succeeds
+  wherever a narrower one does); `monotonicity_violations` lists visited widths that contradict it.
+
+`plan_round(jobs, runs, ...)` combines both into the jobs of the next round (resumable: a planned job that
+did not finish is planned again); a study runs rounds until it returns none (`experiments/mixers.py`).
+`tests/test_search.py` checks the searches against the full grid on synthetic outcome grids.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import pandas as pd
+
+from kvshift_lens.report.protocol import Protocol, cell_results, cell_status
+from kvshift_lens.report.verdicts import SUCCESS
+
+BISECT, GRID = "bisect", "grid"  # search modes of `plan_round`
+
+
+def next_width(grid: Sequence[float], status: Mapping[float, str]) -> Optional[float]:
+    """The next width of one family to train, or None when its frontier is settled on `grid`.
+
+    `status` maps the widths decided so far to their cell status (success / failure / censored); censored
+    counts as not succeeding here (the frontier is then reported as an upper bound by `protocol.frontier`).
+    """
+    widths = sorted(float(w) for w in grid)
+    if not status:
+        return widths[-1]
+    ok = [w for w in widths if status.get(w) == SUCCESS]
+    if not ok:
+        return None if widths[-1] in status else widths[-1]
+    top = min(ok)
+    below = [w for w in widths if w < top and w in status]
+    lo = max(below) if below else -math.inf
+    open_ = [w for w in widths if lo < w < top]
+    return open_[(len(open_) - 1) // 2] if open_ else None
+
+
+def lr_order(jobs: pd.DataFrame, lr: str) -> list[float]:
+    """The learning rates in the order the jobs first list them (the experiment file's order)."""
+    return [float(x) for x in dict.fromkeys(jobs[lr].astype(float))]
+
+
+def _seed_state(runs: pd.DataFrame, lrs: Sequence[float], p: Protocol) -> tuple[bool, Optional[float]]:
+    """(decided, next lr) of one cell-seed from its finished runs (none: the first lr): decided once a run
+    succeeded or every lr ran."""
+    if (runs["outcome"] == SUCCESS).any():
+        return True, None
+    tried = set(runs[p.lr])
+    untried = [x for x in lrs if x not in tried]
+    return (not untried), (untried[0] if untried else None)
+
+
+def _normalised(frame: pd.DataFrame, family: Sequence[str], width: str, p: Protocol) -> pd.DataFrame:
+    """Key columns in one comparable form: widths and learning rates as floats, family values and seeds as text."""
+    return frame.assign(**{k: frame[k].astype(str) for k in [*family, p.seed]},
+                        **{k: frame[k].astype(float) for k in (width, p.lr)})
+
+
+def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], width: str, p: Protocol = Protocol(),
+               search: str = BISECT) -> pd.DataFrame:
+    """The rows of `jobs` to train next (empty: the study is complete).
+
+    `jobs`: one row per job of the full grid with the `family` columns, `width`, `p.lr` and `p.seed` (plus
+    anything else, e.g. the override list). `runs`: `protocol.run_outcomes` rows of the *finished* runs with
+    the same columns. `search`: BISECT (success-first learning rates and bisection over width, module doc)
+    or GRID (every job that has not finished).
+    """
+    if search not in (BISECT, GRID):
+        raise ValueError(f"search={search!r}: use {BISECT!r} or {GRID!r}")
+    keys = [*family, width, p.lr, p.seed]
+    njobs, nruns = _normalised(jobs, family, width, p), _normalised(runs, family, width, p)
+    done = set(map(tuple, nruns[keys].to_numpy()))
+    if search == GRID:
+        return jobs[[tuple(r) not in done for r in njobs[keys].to_numpy()]]
+    lrs = lr_order(njobs, p.lr)
+    chosen: list = []
+    for fam, fjobs in njobs.groupby(list(family), sort=False):
+        mine = nruns[(nruns[list(family)] == pd.Series(dict(zip(family, fam if isinstance(fam, tuple) else (fam,))))).all(axis=1)]
+        seeds = list(dict.fromkeys(fjobs[p.seed]))
+        plan, status = [], {}
+        for w in fjobs[width].unique():
+            wruns = mine[mine[width] == w]
+            if wruns.empty:
+                continue
+            states = {s: _seed_state(wruns[wruns[p.seed] == s], lrs, p) for s in seeds}
+            if all(decided for decided, _ in states.values()):
+                cells = cell_results(wruns, [*family, width], p)
+                status[w] = cell_status(cells, [*family, width], p)["status"].iloc[0]
+            else:  # an open width: each undecided seed tries its next learning rate
+                plan += [(w, s, nxt) for s, (decided, nxt) in states.items() if not decided]
+        if not plan:
+            w = next_width(fjobs[width].unique(), status)
+            plan = [] if w is None else [(w, s, lrs[0]) for s in seeds]
+        for w, s, x in plan:
+            chosen += list(fjobs.index[(fjobs[width] == w) & (fjobs[p.seed] == s) & (fjobs[p.lr] == x)])
+    return jobs.loc[chosen]
+
+
+def monotonicity_violations(status: pd.DataFrame, family: Sequence[str], width: str) -> pd.DataFrame:
+    """`protocol.cell_status` rows of a family that failed (plateaued) at a width above one where it succeeded:
+    the evidence against the monotonicity that bisection assumes (empty when none was seen)."""
+    rows = []
+    for _, g in status.groupby(list(family), sort=False, dropna=False):
+        ok = g.loc[g["status"] == SUCCESS, width].astype(float)
+        if len(ok):
+            rows.append(g[(g["status"] == "failure") & (g[width].astype(float) > ok.min())])
+    return pd.concat(rows) if rows else status.iloc[:0]

@@ -1,0 +1,133 @@
+"""Budget-aware search (kvshift_lens.report.search) against the full grid on synthetic outcome grids."""
+
+import itertools
+import random
+
+import pandas as pd
+import pytest
+
+from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, frontier
+from kvshift_lens.report.search import BISECT, GRID, monotonicity_violations, next_width, plan_round
+from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
+
+P = Protocol(lr="lr", seed="seed", run="run")
+WIDTHS = [4, 8, 16, 32, 64]
+LRS = [3e-3, 1e-2, 1e-3]  # the search order (the experiment file's)
+
+
+def grid_jobs(families, widths=WIDTHS, lrs=LRS, seeds=(0, 1, 2)) -> pd.DataFrame:
+    rows = [{"fam": f, "d": w, "lr": x, "seed": s} for f, w, x, s in itertools.product(families, widths, lrs, seeds)]
+    return pd.DataFrame(rows).assign(job=lambda df: [f"job{i}" for i in range(len(df))])
+
+
+def monotone_truth(rng: random.Random, families, widths=WIDTHS, lrs=LRS, seeds=(0, 1, 2)) -> dict:
+    """Per (family, lr, seed) a width from which runs succeed (or never); the grid width just below it may be
+    censored (still improving), all narrower ones fail after plateauing: success is monotone in width."""
+    truth = {}
+    for f, x, s in itertools.product(families, lrs, seeds):
+        start = rng.choice([*widths, None])
+        for w in widths:
+            if start is not None and w >= start:
+                truth[f, w, x, s] = (SUCCESS, 0.95)
+            elif start is not None and widths.index(w) == widths.index(start) - 1 and rng.random() < 0.3:
+                truth[f, w, x, s] = (CENSORED, 0.5 + rng.random() / 10)
+            else:
+                truth[f, w, x, s] = (FAILURE, 0.05 + rng.random() / 10)
+    return truth
+
+
+def outcomes(jobs: pd.DataFrame, truth: dict) -> pd.DataFrame:
+    """`protocol.run_outcomes`-shaped rows for finished jobs."""
+    rows = []
+    for r in jobs.itertuples():
+        outcome, best = truth[r.fam, r.d, r.lr, r.seed]
+        rows.append({"run": r.job, "fam": r.fam, "d": r.d, "lr": r.lr, "seed": r.seed, "final_step": 100,
+                     "final": best, "best": best, "steps_to_threshold": 50.0 if outcome == SUCCESS else float("nan"),
+                     "gain_last": 0.0, "outcome": outcome, "censored": outcome == CENSORED})
+    return pd.DataFrame(rows, columns=["run", "fam", "d", "lr", "seed", "final_step", "final", "best",
+                                       "steps_to_threshold", "gain_last", "outcome", "censored"])
+
+
+def search(jobs: pd.DataFrame, truth: dict, mode: str = BISECT) -> tuple[pd.DataFrame, int]:
+    """Run rounds until the plan is empty: (finished runs, number of rounds)."""
+    runs, rounds = outcomes(jobs.iloc[:0], truth), 0
+    while len(plan := plan_round(jobs, runs, ["fam"], "d", P, mode)):
+        runs = pd.concat([runs, outcomes(plan, truth)], ignore_index=True)
+        rounds += 1
+        assert rounds < 100
+    return runs, rounds
+
+
+def judged(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cells = cell_results(runs, ["fam", "d"], P)
+    return cells, frontier(cell_status(cells, ["fam", "d"], P), ["fam"], width="d")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bisection_with_success_first_lrs_returns_the_full_grids_frontier_and_cell_outcomes(seed):
+    families = ["a", "b", "c"]
+    truth = monotone_truth(random.Random(seed), families)
+    jobs = grid_jobs(families)
+    full_cells, full_frontier = judged(outcomes(jobs, truth))
+    runs, _ = search(jobs, truth)
+    cells, front = judged(runs)
+    cols = ["fam", "frontier", "frontier_status", "lo", "hi"]
+    pd.testing.assert_frame_equal(front[cols], full_frontier[cols])
+    visited = cells.merge(full_cells, on=["fam", "d", "seed"], suffixes=("", "_full"))
+    assert len(visited) == len(cells) and (visited.outcome == visited.outcome_full).all()
+    assert len(runs) < len(jobs)
+
+
+def test_the_search_trains_far_fewer_runs_than_the_grid_and_the_grid_mode_trains_all():
+    families = ["a", "b", "c", "d"]
+    truth = monotone_truth(random.Random(1), families)
+    jobs = grid_jobs(families)
+    runs, _ = search(jobs, truth)
+    assert len(runs) <= 0.6 * len(jobs)
+    all_runs, rounds = search(jobs, truth, GRID)
+    assert len(all_runs) == len(jobs) and rounds == 1
+
+
+def test_a_failing_family_costs_one_width_at_every_lr_and_seed():
+    truth = {("v", w, x, s): (FAILURE, 0.1) for w, x, s in itertools.product(WIDTHS, LRS, range(3))}
+    runs, rounds = search(grid_jobs(["v"]), truth)
+    assert set(runs.d) == {64} and len(runs) == 9 and rounds == 3  # one learning rate per round
+    _, front = judged(runs)
+    assert front.frontier_status.item() == "none"
+
+
+def test_a_success_at_the_first_lr_decides_the_seed():
+    truth = {("k", w, x, s): (SUCCESS, 0.95) for w, x, s in itertools.product(WIDTHS, LRS, range(3))}
+    runs, rounds = search(grid_jobs(["k"]), truth)
+    assert set(runs.lr) == {LRS[0]} and sorted(set(runs.d)) == [4, 8, 64] and rounds == 3  # 64, 8, 4
+    _, front = judged(runs)
+    assert front.frontier.item() == 4
+
+
+def test_an_unfinished_planned_run_is_planned_again():
+    jobs = grid_jobs(["k"])
+    first = plan_round(jobs, outcomes(jobs.iloc[:0], {}), ["fam"], "d", P)
+    truth = {("k", w, x, s): (SUCCESS, 0.95) for w, x, s in itertools.product(WIDTHS, LRS, range(3))}
+    partial = outcomes(first.iloc[:1], truth)  # one of the three seeds finished
+    again = plan_round(jobs, partial, ["fam"], "d", P)
+    assert list(again.job) == list(first.job[1:])
+
+
+@pytest.mark.parametrize("status,expected", [
+    ({}, 64), ({64: FAILURE}, None), ({64: CENSORED}, None), ({64: SUCCESS}, 8), ({64: SUCCESS, 8: SUCCESS}, 4),
+    ({64: SUCCESS, 8: FAILURE}, 16), ({64: SUCCESS, 8: CENSORED, 16: SUCCESS}, None),
+    ({64: SUCCESS, 8: FAILURE, 16: FAILURE}, 32), ({64: SUCCESS, 4: SUCCESS}, None)])
+def test_next_width_bisects_below_the_narrowest_success(status, expected):
+    assert next_width(WIDTHS, status) == expected
+
+
+def test_monotonicity_violations_list_failures_above_a_success():
+    status = pd.DataFrame({"fam": ["a"] * 3 + ["b"] * 2, "d": [8, 16, 32, 8, 16],
+                           "status": [SUCCESS, FAILURE, SUCCESS, FAILURE, SUCCESS]})
+    got = monotonicity_violations(status, ["fam"], "d")
+    assert list(zip(got.fam, got.d)) == [("a", 16)]
+
+
+def test_an_unknown_search_mode_is_refused():
+    with pytest.raises(ValueError, match="search='halving'"):
+        plan_round(grid_jobs(["a"]), outcomes(grid_jobs(["a"]).iloc[:0], {}), ["fam"], "d", P, "halving")
