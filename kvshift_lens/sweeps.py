@@ -31,7 +31,8 @@ VOLATILE = ("out_dir",)  # override keys that say where a run was written, not w
 
 def experiment_spec(name: str) -> dict:
     """`conf/experiment/<name>.yaml` as hydra composes it (defaults and inheritance applied): its `name`,
-    `description` and sweeper `params` and `grids` as plain data. One clear error if the file is absent."""
+    `description`, `search` (how a study picks runs: "grid" = all, "bisect" = `report.search`) and sweeper
+    `params` and `grids` as plain data. One clear error if the file is absent."""
     if not (EXPERIMENTS / f"{name}.yaml").exists():
         choices = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
         raise SystemExit(f"error: no experiment {name!r} at {EXPERIMENTS / name}.yaml; choose one of {choices}")
@@ -42,7 +43,8 @@ def experiment_spec(name: str) -> dict:
         cfg = compose(config_name="train", overrides=[f"+experiment={name}"], return_hydra_config=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
     return {"experiment": name, "name": cfg.name, "description": str(sweeper.get("description") or "").strip(),
-            "params": sweeper.get("params") or {}, "grids": sweeper.get("grids") or {}}
+            "search": str(sweeper.get("search") or "grid"), "params": sweeper.get("params") or {},
+            "grids": sweeper.get("grids") or {}}
 
 
 def grids_of(spec: dict) -> dict[str, dict]:

@@ -21,15 +21,17 @@ def grid_jobs(families, widths=WIDTHS, lrs=LRS, seeds=(0, 1, 2)) -> pd.DataFrame
 
 
 def monotone_truth(rng: random.Random, families, widths=WIDTHS, lrs=LRS, seeds=(0, 1, 2)) -> dict:
-    """Per (family, lr, seed) a width from which runs succeed (or never); the grid width just below it may be
+    """Per (family, lr, seed) a width from which runs succeed (or never); up to two grid widths just below it are
     censored (still improving), all narrower ones fail after plateauing: success is monotone in width."""
     truth = {}
     for f, x, s in itertools.product(families, lrs, seeds):
-        start = rng.choice([*widths, None])
-        for w in widths:
-            if start is not None and w >= start:
+        start = rng.choice([*widths, None])  # None: never succeeds
+        edge = len(widths) if start is None else widths.index(start)
+        n_censored = rng.choice([0, 0, 1, 2])  # widths just below the success region still improving at the end
+        for i, w in enumerate(widths):
+            if i >= edge:
                 truth[f, w, x, s] = (SUCCESS, 0.95)
-            elif start is not None and widths.index(w) == widths.index(start) - 1 and rng.random() < 0.3:
+            elif i >= edge - n_censored:
                 truth[f, w, x, s] = (CENSORED, 0.5 + rng.random() / 10)
             else:
                 truth[f, w, x, s] = (FAILURE, 0.05 + rng.random() / 10)
@@ -114,10 +116,11 @@ def test_an_unfinished_planned_run_is_planned_again():
 
 
 @pytest.mark.parametrize("status,expected", [
-    ({}, 64), ({64: FAILURE}, None), ({64: CENSORED}, None), ({64: SUCCESS}, 8), ({64: SUCCESS, 8: SUCCESS}, 4),
-    ({64: SUCCESS, 8: FAILURE}, 16), ({64: SUCCESS, 8: CENSORED, 16: SUCCESS}, None),
+    ({}, 64), ({64: FAILURE}, None), ({64: CENSORED}, 32), ({64: CENSORED, 32: FAILURE}, None),
+    ({64: SUCCESS}, 8), ({64: SUCCESS, 8: SUCCESS}, 4), ({64: SUCCESS, 8: FAILURE}, 16),
+    ({64: SUCCESS, 8: CENSORED, 16: SUCCESS}, 4), ({64: SUCCESS, 8: CENSORED, 16: SUCCESS, 4: CENSORED}, None),
     ({64: SUCCESS, 8: FAILURE, 16: FAILURE}, 32), ({64: SUCCESS, 4: SUCCESS}, None)])
-def test_next_width_bisects_below_the_narrowest_success(status, expected):
+def test_next_width_bisects_below_the_narrowest_success_then_walks_down_censored_widths(status, expected):
     assert next_width(WIDTHS, status) == expected
 
 
@@ -131,3 +134,26 @@ def test_monotonicity_violations_list_failures_above_a_success():
 def test_an_unknown_search_mode_is_refused():
     with pytest.raises(ValueError, match="search='halving'"):
         plan_round(grid_jobs(["a"]), outcomes(grid_jobs(["a"]).iloc[:0], {}), ["fam"], "d", P, "halving")
+
+
+def test_searched_frontier_equals_the_protocols_on_a_full_grid():
+    from kvshift_lens.report.search import searched_frontier
+
+    truth = monotone_truth(random.Random(7), ["a", "b", "c", "d"])
+    cells = cell_results(outcomes(grid_jobs(["a", "b", "c", "d"]), truth), ["fam", "d"], P)
+    status = cell_status(cells, ["fam", "d"], P)
+    pd.testing.assert_frame_equal(searched_frontier(status, ["fam"], "d", WIDTHS), frontier(status, ["fam"], width="d"))
+
+
+@pytest.mark.parametrize("seen,kind,lo,hi,text", [
+    ({64: CENSORED, 32: FAILURE}, "censored", 64, float("inf"), "≥ 64 (censored)"),  # settled: 32 fails
+    ({64: CENSORED}, "censored", 4, float("inf"), "≥ 4 (censored)"),  # nothing below 64 known yet
+    ({64: SUCCESS}, "upper bound", 4, 64, "≤ 64"),  # an unfinished bisection
+    ({64: SUCCESS, 8: FAILURE, 16: CENSORED, 32: SUCCESS}, "upper bound", 16, 32, "≤ 32"),
+    ({64: FAILURE}, "none", 64, float("inf"), "> 64")])  # failing at 64 implies failing below
+def test_searched_frontier_counts_untrained_widths_as_undetermined_unless_below_a_failure(seen, kind, lo, hi, text):
+    from kvshift_lens.report.search import searched_frontier
+
+    status = pd.DataFrame({"fam": "a", "d": list(seen), "status": list(seen.values())})
+    row = searched_frontier(status, ["fam"], "d", WIDTHS).iloc[0]
+    assert (row.frontier_status, row.lo, row.hi, row.text) == (kind, pytest.approx(lo), hi, text)

@@ -16,6 +16,7 @@ drops duplicate jobs, and hands the whole list to the launcher at once (the expa
           deep: {model.n_layers: "3", model.d_model: "32"}
         only: null          # or a list of grid names to run a subset
         description: ...    # what the study runs (reports quote it)
+        search: grid        # how a study picks its runs: grid (all) | bisect (kvshift_lens.report.search)
         select: null        # or a YAML file listing jobs (override lists): run only those of the grids' jobs
 
 Jobs run in grid order, so put the grids whose results matter most first. `select` is how a study
@@ -44,6 +45,7 @@ class GridUnionSweeperConf:
     grids: Dict[str, Any] = field(default_factory=dict)  # name -> {key: "v1,v2" sweep string}
     only: Optional[List[str]] = None  # run these grids only (default: all)
     description: str = ""  # what the study runs, one paragraph (reports quote it; the sweeper ignores it)
+    search: str = "grid"  # how a study picks its runs: grid | bisect (kvshift_lens.report.search; the sweeper ignores it)
     select: Optional[str] = None  # YAML file of jobs to run, a subset of the grids' jobs (default: all)
 
 
@@ -55,7 +57,7 @@ class GridUnionSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
                  grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None,
-                 description: str = "", select: Optional[str] = None) -> None:
+                 description: str = "", search: str = "grid", select: Optional[str] = None) -> None:
         super().__init__(max_batch_size, params)
         self.select = select
         self.grids = {name: dict(grid or {}) for name, grid in (grids or {}).items()}

@@ -170,3 +170,33 @@ def plot_frontiers(frontier_table: pd.DataFrame, along: str = "seq_len") -> Figu
     ax.set_title(f"width needed vs {along.replace('_', ' ')}", fontsize=10)
     ax.legend(fontsize=7)
     return fig
+
+
+def plot_family(families: pd.DataFrame, order: Sequence[str], tasks: Sequence[str]) -> Figure:
+    """Frontier width per mixer (x, in `order`) and task (one panel each): found frontiers as ●, upper bounds as ▽,
+    no frontier as △ above the widest width (hollow: censored); the mean best accuracy at the widest width below."""
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), sharey=True, squeeze=False,
+                             constrained_layout=True)
+    top = float(families["max_width"].max()) if "max_width" in families else float(families["widest"].max())
+    for ax, task in zip(axes[0], tasks):
+        g = families[families["task"] == task].set_index("arm")
+        arms = [a for a in order if a in g.index]
+        for x, arm in enumerate(arms):
+            r = g.loc[arm]
+            if r["frontier_status"] == "found":
+                ax.scatter(x, r["frontier"], marker="o", color="C0")
+            elif r["frontier_status"] == "upper bound":
+                ax.scatter(x, r["frontier"], marker="v", color="C1")
+            else:
+                ax.scatter(x, top * 1.6, marker="^", color="C3",
+                           facecolors="none" if r["frontier_status"] == "censored" else "C3")
+            ax.annotate(f"{r['widest_best_acc']:.2f}", (x, 2.0), ha="center", fontsize=7, color="0.3")
+        ax.set_xticks(range(len(arms)), arms, rotation=60, ha="right", fontsize=8)
+        ax.set_yscale("log", base=2)
+        ax.set_ylim(1.5, top * 2.5)
+        ax.set_title(task, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("frontier d_model (≥ 2/3 seeds ≥ 90 %, best lr)")
+    fig.suptitle("one head, width needed per mixer (● found, ▽ upper bound, △ none; numbers: best acc at widest)",
+                 fontsize=9)
+    return fig

@@ -11,11 +11,13 @@ frontier (`protocol.frontier`):
   the first success changes no outcome; only which of several succeeding rates is reported as the best (the
   earliest to the threshold in a full grid) can differ. Unlike successive halving, no rate is dropped before
   its run has ended, so a late phase change is never cut off.
-* **Bisection over width** (`next_width`): per family, the widest width first (a family that does not
-  succeed there is done: frontier "none" or "censored"), then the lower middle of the grid widths strictly
-  between the widest non-succeeding width below the narrowest succeeding one and that one, until none is
-  left. This finds the full grid's frontier whenever success is monotone in width (a wider model succeeds
-  wherever a narrower one does); `monotonicity_violations` lists visited widths that contradict it.
+* **Bisection over width** (`next_width`): per family, the widest width first (a family that fails there is
+  done: frontier "none"), then the lower middle of the grid widths strictly between the widest
+  non-succeeding width below the narrowest succeeding one and that one, until none is left, then down from
+  a censored width until one fails. This finds the full grid's frontier and its bounds whenever success is
+  monotone in width (a wider model succeeds wherever a narrower one does, so one that fails would fail
+  narrower too); `monotonicity_violations` lists visited widths that contradict it, and
+  `searched_frontier` widens the bounds over widths a search did not settle.
 
 `plan_round(jobs, runs, ...)` combines both into the jobs of the next round (resumable: a planned job that
 did not finish is planned again); a study runs rounds until it returns none (`experiments/mixers.py`).
@@ -29,29 +31,39 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from kvshift_lens.report.protocol import Protocol, cell_results, cell_status
-from kvshift_lens.report.verdicts import SUCCESS
+from kvshift_lens.report.protocol import CENSORED as FRONTIER_CENSORED, FOUND, NONE, UPPER_BOUND, Protocol, \
+    cell_results, cell_status, frontier
+from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 
 BISECT, GRID = "bisect", "grid"  # search modes of `plan_round`
 
 
 def next_width(grid: Sequence[float], status: Mapping[float, str]) -> Optional[float]:
-    """The next width of one family to train, or None when its frontier is settled on `grid`.
+    """The next width of one family to train, or None when its frontier interval is settled on `grid`.
 
-    `status` maps the widths decided so far to their cell status (success / failure / censored); censored
-    counts as not succeeding here (the frontier is then reported as an upper bound by `protocol.frontier`).
+    `status` maps the widths decided so far to their cell status (success / failure / censored). The widest
+    width first; then bisection between the widest non-succeeding width below the narrowest success and that
+    success (censored counts as not succeeding); then, while the narrowest such non-success is censored (the
+    frontier may lie below it), one grid width further down until a width fails or the grid ends, as a full grid
+    would know where the censored region ends.
     """
     widths = sorted(float(w) for w in grid)
     if not status:
         return widths[-1]
     ok = [w for w in widths if status.get(w) == SUCCESS]
-    if not ok:
-        return None if widths[-1] in status else widths[-1]
-    top = min(ok)
-    below = [w for w in widths if w < top and w in status]
-    lo = max(below) if below else -math.inf
+    top = min(ok) if ok else math.inf
+    below = sorted((w for w in widths if w < top and w in status), reverse=True)
+    lo = below[0] if below else -math.inf
     open_ = [w for w in widths if lo < w < top]
-    return open_[(len(open_) - 1) // 2] if open_ else None
+    if open_:
+        return open_[(len(open_) - 1) // 2]
+    for w in below:  # widest first: walk down the censored widths to the first failure
+        if status[w] != CENSORED:
+            return None
+        lower = [v for v in widths if v < w]
+        if lower and lower[-1] not in status:
+            return lower[-1]
+    return None
 
 
 def lr_order(jobs: pd.DataFrame, lr: str) -> list[float]:
@@ -124,3 +136,35 @@ def monotonicity_violations(status: pd.DataFrame, family: Sequence[str], width: 
         if len(ok):
             rows.append(g[(g["status"] == "failure") & (g[width].astype(float) > ok.min())])
     return pd.concat(rows) if rows else status.iloc[:0]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.3g}"
+
+
+def searched_frontier(status: pd.DataFrame, family: Sequence[str], width: str, grid: Sequence[float]) -> pd.DataFrame:
+    """`protocol.frontier` of cells visited by a search over `grid`, with `lo` also covering the widths it did not
+    train: an untrained width is undetermined unless it lies below a width that failed (bisection's
+    monotonicity: a model that fails would fail narrower too). `lo` = the narrowest undetermined width below the
+    frontier (visited censored ones as `protocol.frontier` counts them); on a full grid this is `protocol.frontier`.
+    """
+    table = frontier(status, family, width)
+    widths = sorted(float(w) for w in grid)
+    for i, row in table.iterrows():
+        mine = status[(status[list(family)] == row[list(family)]).all(axis=1)]
+        seen = dict(zip(mine[width].astype(float), mine["status"]))
+        hi = row["hi"]
+        failed = [w for w, st in seen.items() if st == FAILURE and w < hi]
+        floor = max(failed) if failed else -math.inf
+        open_ = [w for w in widths if w < hi and ((w not in seen and w > floor) or seen.get(w) == CENSORED)]
+        if not open_:
+            continue  # every width below the frontier is known to fail: protocol.frontier's bounds stand
+        lo = min(open_)
+        kind = row["frontier_status"]
+        if kind in (FOUND, UPPER_BOUND):
+            kind, text = UPPER_BOUND, f"≤ {_fmt(hi)}"
+        else:
+            kind, text = FRONTIER_CENSORED, f"≥ {_fmt(lo)} (censored)" if any(st == CENSORED for st in seen.values()) \
+                else f"≥ {_fmt(lo)} (not reached)"
+        table.loc[i, ["lo", "frontier_status", "text"]] = [lo, kind, text]
+    return table

@@ -1,0 +1,116 @@
+"""The local-mixing family study: train the rounds `report.search` plans, then write results/mixers*.
+
+    python -m experiments.mixers                           # CPU profile: every round + outputs (resumable)
+    python -m experiments.mixers --skip-train              # outputs only, from the finished runs
+    python -m experiments.mixers --profile cluster         # the larger profile on SLURM (submitit)
+    python -m experiments.mixers --profile tiny --out-dir /tmp/m --results-dir /tmp/m/results
+
+A profile is one `conf/experiment/mixers*.yaml` (`hydra/sweeper=grids`). Each round is one `python -m
+experiments.train -m +experiment=<file> hydra.sweeper.select=<round file>` multirun into
+`<out-dir>/sweeps/<name>`, of the jobs `report.search.plan_round` picks from the finished runs (the
+profile's `search`: bisect or grid); re-running resumes, finished runs are never retrained. The outputs
+(`report.family`) are judged with the capacity protocol and spliced into results/REPORT.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kvshift_lens import provenance, sweeps  # noqa: E402
+from kvshift_lens.report import family  # noqa: E402
+from kvshift_lens.report.markdown import splice_section  # noqa: E402
+from kvshift_lens.report.plots import plot_family  # noqa: E402
+from kvshift_lens.report.search import plan_round  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = {"cpu": ("mixers", "local_parallel"), "tiny": ("mixers_tiny", "basic"),
+            "cluster": ("mixers_cluster", "cluster_slurm")}  # profile -> (experiment file, launcher)
+
+
+def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str, n_jobs: Optional[int]) -> int:
+    """Plan and run rounds until the plan is empty; returns the number of rounds run by this invocation."""
+    rounds, last = 0, None
+    while True:
+        runs = family.run_table(family.finished_curves(sweep_dir, jobs), sweep_dir)
+        plan = plan_round(jobs, runs, family.FAMILY, family.WIDTH, family.PROTOCOL, spec["search"])
+        if plan.empty:
+            return rounds
+        if last is not None and set(plan.index) <= last:
+            raise SystemExit(f"error: {len(plan)} planned run(s) did not finish in the last round, e.g. "
+                             f"{' '.join(plan['job'].iloc[0])}; see {out_dir / 'logs' / (spec['name'] + '.log')}")
+        rounds, last = rounds + 1, set(plan.index)
+        n_done = len(runs)
+        print(f"[mixers] round {rounds}: {len(plan)} runs ({n_done} finished of {len(jobs)} in the full grid)", flush=True)
+        selection = sweeps.write_selection(sweep_dir / "rounds" / f"round_{n_done:05d}.yaml", list(plan["job"]))
+        cmd = sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection)
+        try:
+            sweeps.run_sweep(cmd, sweep_dir, out_dir / "logs" / f"{spec['name']}.log")
+        except RuntimeError as e:
+            raise SystemExit(f"error: {e}") from None
+
+
+def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict) -> dict[str, Path]:
+    """CSV tables, figure, provenance and the markdown section of the finished study."""
+    results.mkdir(parents=True, exist_ok=True)
+    paths = {k: results / f"{spec['name']}{suffix}" for k, suffix in {
+        "csv": ".csv", "families": "_families.csv", "heads": "_heads.csv", "png": ".png",
+        "provenance": "_provenance.json", "md": ".md"}.items()}
+    runs = family.typed(family.run_table(family.finished_curves(sweep_dir, jobs), sweep_dir))
+    if runs.empty:
+        raise SystemExit(f"error: no finished runs of {spec['experiment']} under {sweep_dir}; run without --skip-train")
+    cells = family.cells(runs)
+    fam = family.families(cells, jobs[family.WIDTH].astype(float).unique())
+    heads = family.head_table(sweep_dir, family.runs_to_analyse(cells, fam))
+    runs.to_csv(paths["csv"], index=False)
+    fam.to_csv(paths["families"], index=False)
+    heads.to_csv(paths["heads"], index=False)
+    fig = plot_family(fam, family.ARM_ORDER, [t for t in (*family.RECALL_TASKS, family.CONTROL_TASK) if t in set(fam.task)])
+    fig.savefig(paths["png"], dpi=120)
+    plt.close(fig)
+    record = {**record, "experiment": spec, "n_runs": len(runs), "full_grid_runs": len(jobs),
+              "train_core_minutes": round(float(runs["train_seconds"].sum()) / 60, 1),
+              "training_time": provenance.training_time(sweep_dir / r for r in runs["run"])}
+    provenance.write_json(paths["provenance"], record)
+    paths["md"].write_text("\n".join(family.markdown(spec, runs, cells, fam, heads, record, paths)))
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--launcher", help="hydra launcher (default: the profile's; e.g. cluster_local, local_parallel)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "runs", help="hydra out_dir (runs live below)")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers)")
+    parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
+    args = parser.parse_args(argv)
+
+    experiment, launcher = PROFILES[args.profile]
+    launcher = args.launcher or launcher
+    n_jobs = args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
+    spec = sweeps.experiment_spec(experiment)
+    jobs = family.job_frame(spec)
+    out_dir = args.out_dir.resolve()
+    sweep_dir = out_dir / "sweeps" / spec["name"]
+    t0 = time.perf_counter()
+    rounds = 0 if args.skip_train else train_rounds(spec, jobs, sweep_dir, out_dir, launcher, n_jobs)
+    command = "python -m experiments.mixers" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
+    record = provenance.record(command, profile=args.profile, launcher=launcher, n_jobs=n_jobs,
+                               rounds_this_invocation=rounds, wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),
+                               sweep_history=sweeps.sweep_history(sweep_dir))
+    paths = write_outputs(sweep_dir, args.results_dir, spec, jobs, record)
+    splice_section(args.results_dir / "REPORT.md", spec["name"], paths["md"].read_text())
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()
