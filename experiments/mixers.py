@@ -15,6 +15,7 @@ profile's `search`: bisect or grid); re-running resumes, finished runs are never
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,24 +39,24 @@ PROFILES = {"cpu": ("mixers", "local_parallel"), "tiny": ("mixers_tiny", "basic"
 
 def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str, n_jobs: Optional[int]) -> int:
     """Plan and run rounds until the plan is empty; returns the number of rounds run by this invocation."""
-    rounds, last = 0, None
+    rounds, last, log = 0, None, out_dir / "logs" / f"{spec['name']}.log"
     while True:
+        runnable = jobs.drop(family.failed_jobs(sweep_dir, jobs))  # a job that failed with an error is not retried
         runs = family.run_table(family.finished_curves(sweep_dir, jobs), sweep_dir)
-        plan = plan_round(jobs, runs, family.FAMILY, family.WIDTH, family.PROTOCOL, spec["search"])
+        plan = plan_round(runnable, runs, family.FAMILY, family.WIDTH, family.PROTOCOL, spec["search"])
         if plan.empty:
             return rounds
         if last is not None and set(plan.index) <= last:
             raise SystemExit(f"error: {len(plan)} planned run(s) did not finish in the last round, e.g. "
-                             f"{' '.join(plan['job'].iloc[0])}; see {out_dir / 'logs' / (spec['name'] + '.log')}")
+                             f"{' '.join(plan['job'].iloc[0])}; see {log}")
         rounds, last = rounds + 1, set(plan.index)
-        n_done = len(runs)
-        print(f"[mixers] round {rounds}: {len(plan)} runs ({n_done} finished of {len(jobs)} in the full grid)", flush=True)
-        selection = sweeps.write_selection(sweep_dir / "rounds" / f"round_{n_done:05d}.yaml", list(plan["job"]))
-        cmd = sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection)
+        print(f"[mixers] round {rounds}: {len(plan)} runs ({len(runs)} finished of {len(jobs)} in the full grid)", flush=True)
+        selection = sweeps.write_selection(sweep_dir / "rounds" / f"round_{len(runs):05d}.yaml", list(plan["job"]))
         try:
-            sweeps.run_sweep(cmd, sweep_dir, out_dir / "logs" / f"{spec['name']}.log")
-        except RuntimeError as e:
-            raise SystemExit(f"error: {e}") from None
+            sweeps.run_sweep(sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection),
+                             sweep_dir, log)
+        except RuntimeError as e:  # diverged or failed jobs are recorded in their run directories; the rest go on
+            print(f"[mixers] {e}", file=sys.stderr, flush=True)
 
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict) -> dict[str, Path]:

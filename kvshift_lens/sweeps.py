@@ -83,7 +83,8 @@ def expand_jobs(spec: dict, command_line: Sequence[str] = (), only: Sequence[str
     return grid_jobs(grids, shared, parser.parse_overrides(command_line), list(only) or None)
 
 
-def _identity(overrides: Sequence[str]) -> frozenset[str]:
+def identity(overrides: Sequence[str]) -> frozenset[str]:
+    """What a job computes: its overrides as a set, `VOLATILE` keys (where it was written) left out."""
     return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in VOLATILE)
 
 
@@ -100,11 +101,11 @@ def select_jobs(jobs: Sequence[Sequence[str]], path: Path) -> list[list[str]]:
     listed = yaml.safe_load(path.read_text())
     if not isinstance(listed, list) or not all(isinstance(j, list) for j in listed):
         raise ValueError(f"{path} must be a YAML list of jobs, each a list of overrides (sweeps.write_selection)")
-    wanted = {_identity(j) for j in listed}
-    unknown = wanted - {_identity(j) for j in jobs}
+    wanted = {identity(j) for j in listed}
+    unknown = wanted - {identity(j) for j in jobs}
     if unknown:
         raise ValueError(f"{len(unknown)} selected job(s) are not jobs of this sweep, e.g. {sorted(next(iter(unknown)))}")
-    return [list(j) for j in jobs if _identity(j) in wanted]
+    return [list(j) for j in jobs if identity(j) in wanted]
 
 
 def job_overrides(run_dir: Path) -> list[str]:
@@ -117,8 +118,8 @@ def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> list[Path]:
     """Run directories under `sweep_dir` whose recorded overrides are exactly one of `jobs` (out_dir aside)."""
     from kvshift_lens.analysis import find_runs
 
-    wanted = {_identity(j) for j in jobs}
-    return [d for d in find_runs(sweep_dir) if _identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
+    wanted = {identity(j) for j in jobs}
+    return [d for d in find_runs(sweep_dir) if identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
 
 
 def sweep_command(experiment: Optional[str], out_dir: Path, launcher: str = "local_parallel",

@@ -157,3 +157,11 @@ def test_searched_frontier_counts_untrained_widths_as_undetermined_unless_below_
     status = pd.DataFrame({"fam": "a", "d": list(seen), "status": list(seen.values())})
     row = searched_frontier(status, ["fam"], "d", WIDTHS).iloc[0]
     assert (row.frontier_status, row.lo, row.hi, row.text) == (kind, pytest.approx(lo), hi, text)
+
+
+def test_a_job_left_out_of_the_grid_does_not_keep_its_seed_open():
+    jobs = grid_jobs(["v"], widths=[64])
+    truth = {("v", 64, x, s): (FAILURE, 0.1) for x in LRS for s in range(3)}
+    without = jobs[~((jobs.seed == 0) & (jobs.lr == LRS[1]))]  # e.g. a run that failed with an error
+    runs, _ = search(without, truth)
+    assert len(runs) == 8 and not ((runs.seed == 0) & (runs.lr == LRS[1])).any()

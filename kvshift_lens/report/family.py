@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kvshift_lens import sweeps
+from kvshift_lens.analysis import run_status
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, run_outcomes
 from kvshift_lens.report.search import searched_frontier
@@ -62,20 +63,32 @@ def job_frame(spec: dict) -> pd.DataFrame:
     return pd.DataFrame([{**_keys(parse_overrides(j)), "job": j} for j in jobs])
 
 
+def job_runs(sweep_dir: Path, jobs: pd.DataFrame) -> dict[Path, str]:
+    """The run directories of `jobs` under `sweep_dir` (strays from other grids left out) and their status
+    (`analysis.run_status`: completed, diverged, failed, incomplete)."""
+    return {d: run_status(d) for d in sweeps.runs_of_jobs(sweep_dir, list(jobs["job"]))}
+
+
+def failed_jobs(sweep_dir: Path, jobs: pd.DataFrame) -> pd.Index:
+    """Index of the `jobs` whose run failed with an error (error.txt): they are not planned again."""
+    failed = {sweeps.identity(sweeps.job_overrides(d)) for d, st in job_runs(sweep_dir, jobs).items() if st == "failed"}
+    return jobs.index[[sweeps.identity(j) in failed for j in jobs["job"]]]
+
+
 def finished_curves(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
-    """Learning curves (metrics.csv rows) of the finished runs of `jobs` under `sweep_dir`, with the job's keys,
-    `run` (relative path), `chance` and `budget`; strays from other grids are left out."""
+    """Learning curves (metrics.csv rows) of the finished runs of `jobs` (completed, or diverged: a failure the
+    protocol counts) under `sweep_dir`, with the job's keys, `run` (relative path), `status`, `chance`, `budget`."""
     frames = []
-    for run_dir in sweeps.runs_of_jobs(sweep_dir, list(jobs["job"])):
-        if not (run_dir / "summary.json").exists():
+    for run_dir, st in job_runs(sweep_dir, jobs).items():
+        if st not in ("completed", "diverged"):
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         curve = pd.read_csv(run_dir / "metrics.csv")
         keys = _keys(parse_overrides(sweeps.job_overrides(run_dir)))
-        frames.append(curve.assign(run=str(run_dir.relative_to(sweep_dir)), chance=summary["chance_accuracy"],
+        frames.append(curve.assign(run=str(run_dir.relative_to(sweep_dir)), status=st, chance=summary["chance_accuracy"],
                                    budget=summary["config"]["train"]["steps"], **keys))
-    columns = ["run", *FAMILY, WIDTH, PROTOCOL.lr, PROTOCOL.seed, "arm", "chance", "budget", "step", "induction_acc",
-               "train_seconds"]
+    columns = ["run", "status", *FAMILY, WIDTH, PROTOCOL.lr, PROTOCOL.seed, "arm", "chance", "budget", "step",
+               "induction_acc", "train_seconds"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 

@@ -92,7 +92,8 @@ def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], wi
     """The rows of `jobs` to train next (empty: the study is complete).
 
     `jobs`: one row per job of the full grid with the `family` columns, `width`, `p.lr` and `p.seed` (plus
-    anything else, e.g. the override list). `runs`: `protocol.run_outcomes` rows of the *finished* runs with
+    anything else, e.g. the override list); leave out jobs that cannot run (a failed run), and their cell-seed
+    is decided by the learning rates that remain. `runs`: `protocol.run_outcomes` rows of the *finished* runs with
     the same columns. `search`: BISECT (success-first learning rates and bisection over width, module doc)
     or GRID (every job that has not finished).
     """
@@ -113,7 +114,9 @@ def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], wi
             wruns = mine[mine[width] == w]
             if wruns.empty:
                 continue
-            states = {s: _seed_state(wruns[wruns[p.seed] == s], lrs, p) for s in seeds}
+            wjobs = fjobs[fjobs[width] == w]
+            states = {s: _seed_state(wruns[wruns[p.seed] == s], [x for x in lrs if x in set(wjobs[wjobs[p.seed] == s][p.lr])], p)
+                      for s in seeds}
             if all(decided for decided, _ in states.values()):
                 cells = cell_results(wruns, [*family, width], p)
                 status[w] = cell_status(cells, [*family, width], p)["status"].iloc[0]
