@@ -18,7 +18,7 @@ from test_models import _layernorm, _rope_at, assert_causal, _single_token_edits
 from kvshift_lens import models as M
 from kvshift_lens.circuits import classify_heads, logit_terms, output_terms
 from kvshift_lens.detect import head_scores, repeated_tokens
-from kvshift_lens.mixers import MIXERS, LagMixer
+from kvshift_lens.mixers import MIXERS, LagMixer, lag_mix, shift
 from kvshift_lens.models import (
     ModelConfig, bare_state_dict, blocks, build_model, build_module, load_model, mixer_coefficients, save_model,
     to_bridge,
@@ -458,3 +458,22 @@ def test_every_registered_mixer_is_covered_here():
     ("token_shift", dict(q=1, k=1, v=1)), (dict(name="token_shift", sides="v"), dict(q=0, k=0, v=1)), ("short_conv", dict(q=2, k=2, v=2))])
 def test_mixer_reach_says_how_far_back_each_of_q_k_v_reads(mixer, reach):
     assert M.mixer_reach(make_cfg(mixer=mixer)) == reach
+
+
+@pytest.mark.parametrize("c_shape", [(3, 4, 5), (3, 4, 1), (3, 5), (3, 1), (2, 4, 5), (4, 1, 1)])
+@pytest.mark.parametrize("exact", [True, False])
+def test_lag_mix_equals_the_plain_formula_in_value_and_gradient_for_every_coefficient_shape(c_shape, exact):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.randn(*c_shape, dtype=torch.float64, generator=g, requires_grad=True)
+    plain = sum(c[j] * shift(x, j) for j in range(c.shape[0]))
+    torch.testing.assert_close(lag_mix(x, c, exact), plain)
+    torch.autograd.gradcheck(lambda x, c: lag_mix(x, c, exact), (x, c))
+    short = x[:, :2]  # fewer positions than lags
+    torch.testing.assert_close(lag_mix(short, c, exact), sum(c[j] * shift(short, j) for j in range(c.shape[0])))
+
+
+def test_kv_shift_forward_is_bit_identical_to_the_plain_formula():
+    x = torch.randn(3, 9, 4, 16, generator=torch.Generator().manual_seed(1))
+    c = torch.rand(2, 4, 1, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(lag_mix(x, c, exact=True)[:, 1:], (c[0] * x + c[1] * shift(x, 1))[:, 1:])

@@ -51,13 +51,23 @@ def shift(x: torch.Tensor, j: int = 1) -> torch.Tensor:
     return F.pad(x[:, : max(x.shape[1] - j, 0)], pad)
 
 
+def _lagged_shape(c: torch.Tensor, x: torch.Tensor) -> tuple[int, ...]:
+    """c's shape [lags, *f] with f right-aligned against x's feature dims [batch, pos, *feature] (1s between)."""
+    return (c.shape[0], *[1] * (x.dim() - 1 - c.dim()), *c.shape[1:])
+
+
 class _LagMix(torch.autograd.Function):
     """Σ_j c_j ⊙ shift(x, j) accumulated lag by lag into one buffer, with a hand-written backward (`lag_mix`)."""
 
     @staticmethod
+    def _dense(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """c [lags, *f] as a dense [lags, *feature] tensor (a dense multiplier is faster than a stride-0 one)."""
+        return c.reshape(_lagged_shape(c, x)).expand(c.shape[0], *x.shape[2:]).contiguous()
+
+    @staticmethod
     def forward(ctx, x: torch.Tensor, c: torch.Tensor, exact: bool) -> torch.Tensor:
         ctx.save_for_backward(x, c)
-        ce = c.expand(c.shape[0], *x.shape[2:]).contiguous()  # [lags, *feature]: a dense multiplier is fastest
+        ce = _LagMix._dense(c, x)  # [lags, *feature]
         out = x * ce[0]
         for j in range(1, min(c.shape[0], x.shape[1])):  # the term c_j ⊙ x_{t-j}, zero at t < j
             if exact:
@@ -70,7 +80,7 @@ class _LagMix(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], None]:
         x, c = ctx.saved_tensors
         grad = grad.contiguous()  # attention's backward hands it over transposed; strided passes are slower
-        ce = c.expand(c.shape[0], *x.shape[2:]).contiguous()
+        ce = _LagMix._dense(c, x)
         lags, seq = c.shape[0], x.shape[1]
         grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
@@ -79,7 +89,7 @@ class _LagMix(torch.autograd.Function):
                 grad_x[:, :-j].addcmul_(ce[j], grad[:, j:])
         if ctx.needs_input_grad[1]:
             grad_c = torch.stack([(grad[:, j:] * x[:, : seq - j]).sum((0, 1)) if j < seq else torch.zeros_like(ce[0])
-                                  for j in range(lags)]).sum_to_size(c.shape)
+                                  for j in range(lags)]).sum_to_size(_lagged_shape(c, x)).view(c.shape)
         return grad_x, grad_c, None
 
 
