@@ -199,3 +199,17 @@ def test_tiny_profile_trains_in_rounds_writes_every_output_and_resumes_without_t
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "round" not in again.stdout  # nothing left to train
     pd.testing.assert_frame_equal(pd.read_csv(res / "mixers_tiny.csv"), runs)
+
+
+def test_protocol_checks_name_short_lr_grids_and_non_monotone_widths():
+    cells = cell_rows({("mqar", "canon", 8): ["success"] * 3, ("mqar", "canon", 16): ["failure"] * 3,
+                       ("mqar", "canon", 64): ["success"] * 3})
+    cells = cells.assign(n_lrs=3, lr_span=10.0)
+    cells.loc[(cells[F.WIDTH] == 16) & (cells.seed == 1), "n_lrs"] = 2
+    first, second = F.protocol_checks(cells)
+    assert first.startswith("**Protocol check:** 2 of 3 cell-seeds") and "mqar canon d16 seed 1" in first
+    assert second.startswith("**Not monotone in width**") and "mqar canon d_model 16" in second
+    ok = cells[cells[F.WIDTH] != 16]
+    assert F.protocol_checks(ok) == ["**Protocol check:** 0 of 0 cell-seeds without a success tried ≥ 3 learning rates "
+                                     "spanning ≥ 10×.", "Success was monotone in width wherever the search looked "
+                                     "(bisection assumes it)."]

@@ -21,8 +21,8 @@ import pandas as pd
 from kvshift_lens import sweeps
 from kvshift_lens.analysis import run_status
 from kvshift_lens.model_config import ModelConfig
-from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, run_outcomes
-from kvshift_lens.report.search import searched_frontier
+from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, lr_grid_violations, run_outcomes
+from kvshift_lens.report.search import monotonicity_violations, searched_frontier
 from kvshift_lens.report.verdicts import (
     CENSORED, FAILURE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, all_of, cannot_learn_outcome,
     combine, learns_outcome,
@@ -391,6 +391,23 @@ def outcome_grid(cell_table: pd.DataFrame) -> pd.DataFrame:
     return grid.reset_index()
 
 
+def protocol_checks(cell_table: pd.DataFrame) -> list[str]:
+    """Lines on what the protocol requires of the searched cells: every cell-seed that did not succeed tried
+    >= 3 learning rates spanning >= 10× (a success needs one), and where success was not monotone in width."""
+    open_ = cell_table[cell_table["outcome"] != SUCCESS]
+    bad = lr_grid_violations(open_, PROTOCOL)
+    lines = [f"**Protocol check:** {len(open_) - len(bad)} of {len(open_)} cell-seeds without a success tried ≥ "
+             f"{PROTOCOL.min_lrs} learning rates spanning ≥ {PROTOCOL.min_lr_span:g}×"
+             + (f"; not: {', '.join(f'{r.task} {r.arm} d{r[WIDTH]} seed {r.seed}' for _, r in bad.iterrows())}" if len(bad) else "")
+             + "."]
+    odd = monotonicity_violations(status(cell_table), FAMILY, WIDTH)
+    odd = odd.merge(cell_table[[*FAMILY, "arm"]].drop_duplicates(), on=FAMILY)
+    lines.append("Success was monotone in width wherever the search looked (bisection assumes it)." if odd.empty else
+                 "**Not monotone in width** (a failing cell above a succeeding one; the frontier is the narrowest success "
+                 "found): " + "; ".join(f"{r.task} {r.arm} d_model {r[WIDTH]}" for _, r in odd.iterrows()) + ".")
+    return lines
+
+
 def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.DataFrame, heads: pd.DataFrame,
              record: dict, paths: dict[str, Path]) -> list[str]:
     """The REPORT.md section of the study: setup, protocol and search, verdicts with rules and baselines, the
@@ -424,6 +441,7 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         "tokens mixed into the key, `own-value frac` the share of the answer logit from the attended token's own "
         "value; *mixer-mediated* = attended (≥ 0.3) with both ≥ 0.5, *direct* = attended with prev-key < 0.5. "
         "`induction score [BOS] r r` is the unchanged detector (TL/ARENA) on repeated random tokens.", "",
+        *protocol_checks(cell_table), "",
         "### Verdicts", "",
     ]
     for claim, v in verdicts(fam, heads):
