@@ -24,7 +24,7 @@ from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, lr_grid_violations, run_outcomes
 from kvshift_lens.report.search import monotonicity_violations, searched_frontier
 from kvshift_lens.report.verdicts import (
-    CENSORED, FAILURE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, all_of, cannot_learn_outcome,
+    CENSORED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, all_of, cannot_learn_outcome,
     combine, learns_outcome,
 )
 

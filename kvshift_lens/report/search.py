@@ -31,8 +31,7 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from kvshift_lens.report.protocol import CENSORED as FRONTIER_CENSORED, FOUND, NONE, UPPER_BOUND, Protocol, \
-    cell_results, cell_status, frontier
+from kvshift_lens.report.protocol import FOUND, UPPER_BOUND, Protocol, cell_results, cell_status, frontier
 from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 
 BISECT, GRID = "bisect", "grid"  # search modes of `plan_round`
@@ -167,7 +166,7 @@ def searched_frontier(status: pd.DataFrame, family: Sequence[str], width: str, g
         if kind in (FOUND, UPPER_BOUND):
             kind, text = UPPER_BOUND, f"≤ {_fmt(hi)}"
         else:
-            kind, text = FRONTIER_CENSORED, f"≥ {_fmt(lo)} (censored)" if any(st == CENSORED for st in seen.values()) \
+            kind, text = CENSORED, f"≥ {_fmt(lo)} (censored)" if any(st == CENSORED for st in seen.values()) \
                 else f"≥ {_fmt(lo)} (not reached)"
         table.loc[i, ["lo", "frontier_status", "text"]] = [lo, kind, text]
     return table
