@@ -19,7 +19,7 @@ from kvshift_lens.models import attention_layers, model_config
 
 BOS = 0
 PREFIX_REPEATS = 4  # Olsson et al. measure prefix matching on r repeated several times
-ICL_FRACTIONS = (0.1, 0.98)  # Olsson et al.: tokens 50 and 500 of 512, rescaled to T
+ICL_TOKENS, ICL_CONTEXT = (50, 500), 512  # Olsson et al.: the 50th and 500th token of a 512-token context
 METRICS = (
     "induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
     "copying_score", "ablation_drop", "icl_score",
@@ -57,8 +57,25 @@ def scored_mask(tokens: torch.Tensor, period: int) -> torch.Tensor:
 
 
 def icl_positions(seq_len: int) -> tuple[int, int]:
-    """Early and late token positions of the ICL score: round(0.1·T), round(0.98·T) within [1, T-1]."""
-    return tuple(min(max(round(f * seq_len), 1), seq_len - 1) for f in ICL_FRACTIONS)
+    """0-based indices of Olsson et al.'s 50th and 500th tokens rescaled from 512 to T tokens:
+    round(n·T/512) − 1 within [1, T−1] ((49, 499) at T = 512, (24, 249) at T = 256)."""
+    return tuple(min(max(round(n * seq_len / ICL_CONTEXT) - 1, 1), seq_len - 1) for n in ICL_TOKENS)
+
+
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Loss of every token given the ones before it: [batch, T], column p = −log P(x_p | x_<p), column 0 NaN.
+
+    logits [batch, T, vocab] (position t predicts t + 1); tokens [batch, T].
+    """
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")  # [batch, T-1]
+    return F.pad(nll, (1, 0), value=float("nan"))
+
+
+def icl_from_token_losses(losses: torch.Tensor) -> float:
+    """Olsson et al.'s in-context-learning score from `token_losses` [batch, T]: mean loss of the late
+    token minus mean loss of the early one (`icl_positions`); negative when later context helps."""
+    early, late = icl_positions(losses.shape[1])
+    return (losses[:, late].mean() - losses[:, early].mean()).item()
 
 
 # --- detection targets: bool [batch or 1, q, k], True where a query should attend -------------
@@ -287,12 +304,9 @@ def ablate_heads(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def icl_score(model: TransformerBridge, tokens: torch.Tensor) -> float:
-    """Olsson et al. ICL score: mean loss on token round(0.98·T) minus on token round(0.1·T) (< 0: ICL)."""
+    """Olsson et al. ICL score of `model` on `tokens` [batch, T] (`icl_from_token_losses`; < 0: ICL)."""
     tokens = tokens.to(_device(model))
-    early, late = icl_positions(tokens.shape[1])
-    logp = model(tokens).log_softmax(-1)
-    loss = lambda p: -logp[:, p - 1].gather(-1, tokens[:, p, None]).mean()  # noqa: E731
-    return (loss(late) - loss(early)).item()
+    return icl_from_token_losses(token_losses(model(tokens), tokens))
 
 
 def _tidy(metric: str, values: torch.Tensor) -> pd.DataFrame:

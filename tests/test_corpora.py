@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from kvshift_lens import corpora
+from kvshift_lens import corpora, tokenization
 from kvshift_lens.corpora import (
     SHAKESPEARE_VALIDATION,
     Corpus,
@@ -151,7 +151,9 @@ def test_stream_separates_documents_with_eot_and_rejects_unencodable_text():
         encode_documents(tok, ["abd"])
 
 
-def test_cache_is_reused_and_a_corrupt_entry_is_rebuilt(tmp_path):
+def test_cache_is_reused_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch, shakespeare):
+    small = Corpus("shakespeare", shakespeare.train[:2], shakespeare.validation[:1])
+    monkeypatch.setattr(tokenization, "load_corpus", lambda name: small)
     first = tokenized_corpus("shakespeare", "char", cache_dir=tmp_path)
     (entry,) = tmp_path.iterdir()
     assert sorted(p.name for p in entry.iterdir()) == ["info.json", "tokenizer.json", "train.npy", "validation.npy"]
@@ -159,4 +161,5 @@ def test_cache_is_reused_and_a_corrupt_entry_is_rebuilt(tmp_path):
     again = tokenized_corpus("shakespeare", "char", cache_dir=tmp_path)
     assert np.array_equal(first.train, again.train) and np.array_equal(first.validation, again.validation)
     assert again.tokenizer.to_str() == first.tokenizer.to_str()
-    assert first.info["train_documents"] == 34 and first.info["validation_documents"] == 4
+    assert first.info["train_documents"] == 2 and first.info["validation_documents"] == 1
+    assert len(first.train) == sum(len(d.text) + 1 for d in small.train)  # one EOT before each document
