@@ -20,6 +20,7 @@ from kvshift_lens.models import attention_layers, model_config
 BOS = 0
 PREFIX_REPEATS = 4  # Olsson et al. measure prefix matching on r repeated several times
 ICL_TOKENS, ICL_CONTEXT = (50, 500), 512  # Olsson et al.: the 50th and 500th token of a 512-token context
+ICL_BAND_FRACTION = 16  # icl_band_score averages T/16 indices ending at each ICL index
 METRICS = (
     "induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
     "copying_score", "ablation_drop", "icl_score",
@@ -76,6 +77,15 @@ def icl_from_token_losses(losses: torch.Tensor) -> float:
     token minus mean loss of the early one (`icl_positions`); negative when later context helps."""
     early, late = icl_positions(losses.shape[1])
     return (losses[:, late].mean() - losses[:, early].mean()).item()
+
+
+def icl_band_from_token_losses(losses: torch.Tensor) -> float:
+    """`icl_band_score`, our variant of the ICL score for small evaluation sets: each of Olsson's two token
+    indices is replaced by the mean over the round(T/16) indices ending at it (at T = 256: tokens 9-24
+    and 234-249), which averages out most of the single-token noise; losses [batch, T] -> float."""
+    early, late = icl_positions(losses.shape[1])
+    width = min(max(round(losses.shape[1] / ICL_BAND_FRACTION), 1), early)
+    return (losses[:, late - width + 1 : late + 1].mean() - losses[:, early - width + 1 : early + 1].mean()).item()
 
 
 # --- detection targets: bool [batch or 1, q, k], True where a query should attend -------------

@@ -32,6 +32,7 @@ from kvshift_lens.detect import (
 from kvshift_lens.emergence import EMERGENCE_THRESHOLD, shift_rows
 
 ICL_MIN_DROP = 0.05  # nats: a final ICL score above -0.05 is no in-context learning worth a step
+ICL_COLUMN = "icl_band_score"  # jumps are read from the band variant (single-token ICL is too noisy at CPU sizes)
 LM_METRICS = ("induction_score", "previous_token_score", "prefix_matching", "text_induction_score",
               "text_prefix_matching")
 
@@ -126,17 +127,17 @@ def head_emergence(heads: pd.DataFrame, threshold: float = EMERGENCE_THRESHOLD,
     return out.sort_values(["emergence_step", "final"], ascending=[True, False], na_position="last", ignore_index=True)
 
 
-def icl_jump_step(metrics: pd.DataFrame, min_drop: float = ICL_MIN_DROP) -> Optional[int]:
-    """Step of the ICL-score jump: the first evaluated step from which `icl_score` stays at or below the midpoint
+def icl_jump_step(metrics: pd.DataFrame, column: str = ICL_COLUMN, min_drop: float = ICL_MIN_DROP) -> Optional[int]:
+    """Step of the ICL-score jump: the first evaluated step from which `column` stays at or below the midpoint
     between its step-0 value and its final level (mean of the last 3 evaluations); None when the final level is
     not `min_drop` below the start (no in-context learning to date)."""
-    m = metrics.dropna(subset=["icl_score"]).sort_values("step")
+    m = metrics.dropna(subset=[column]).sort_values("step")
     if len(m) < 2:
         return None
-    start, final = float(m["icl_score"].iloc[0]), float(m["icl_score"].iloc[-3:].mean())
+    start, final = float(m[column].iloc[0]), float(m[column].iloc[-3:].mean())
     if start - final < min_drop:
         return None
-    above = m["step"][m["icl_score"] > (start + final) / 2]
+    above = m["step"][m[column] > (start + final) / 2]
     after = m["step"][m["step"] > above.max()] if len(above) else m["step"]
     return int(after.min()) if len(after) else None
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kvshift_lens.detect import icl_from_token_losses, icl_positions, token_losses
+from kvshift_lens.detect import icl_band_from_token_losses, icl_from_token_losses, icl_positions, token_losses
 
 EVAL_CHAIN = 8  # held-out windows per chain (see eval_windows)
 
@@ -28,10 +28,11 @@ def random_windows(stream: Tensor, batch: int, seq_len: int, generator: torch.Ge
 def eval_windows(stream: Tensor, n: int, seq_len: int, chain: int = EVAL_CHAIN) -> Tensor:
     """`n` held-out windows [n, seq_len]: chains of `chain` windows, spread evenly over `stream` [n_tokens].
 
-    Within a chain the stride is late - early of `icl_positions(seq_len)`, so the token at the late
-    ICL index of one window is the token at the early index of the next: the ICL score's two means
-    then mostly average the same text tokens (seen with a long vs a short context), which keeps
-    Olsson's statistic and its expectation but removes most of its token-to-token variance.
+    Within a chain the stride is late - early of `icl_positions(seq_len)`, so the tokens at (and just
+    before) the late ICL index of one window are the tokens at (and before) the early index of the
+    next: the ICL score's two means then mostly average the same text tokens, seen with a long vs a
+    short context, which keeps the statistic and its expectation but removes most of its
+    token-to-token variance (measured: about half the standard error of evenly spaced windows).
     """
     early, late = icl_positions(seq_len)
     stride = late - early
@@ -50,13 +51,14 @@ def lm_metrics(losses: Tensor, tokens: Tensor, token_bytes: Tensor) -> dict[str,
     """Held-out LM metrics from `token_losses` [batch, T] of `tokens` [batch, T]:
 
     eval_loss (nats per token), eval_bpb (bits per UTF-8 byte of the predicted text: total nats /
-    ln 2 / bytes, so it compares across tokenizers; EOT's loss counts, its 0 bytes do not) and
-    icl_score (Olsson et al., `icl_from_token_losses`).
+    ln 2 / bytes, so it compares across tokenizers; EOT's loss counts, its 0 bytes do not), icl_score
+    (Olsson et al., `icl_from_token_losses`) and icl_band_score (`icl_band_from_token_losses`).
     """
     predicted = losses[:, 1:]  # [batch, T-1]; column 0 has no prediction
     n_bytes = token_bytes[tokens[:, 1:]].sum().item()
     return {"eval_loss": predicted.mean().item(),
             "eval_bpb": predicted.sum().item() / math.log(2) / max(n_bytes, 1),
-            "icl_score": icl_from_token_losses(losses)}
+            "icl_score": icl_from_token_losses(losses),
+            "icl_band_score": icl_band_from_token_losses(losses)}
 
 

@@ -7,7 +7,7 @@ import torch
 
 from kvshift_lens.detect import (
     BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_score, duplicate_token_score, head_scores, icl_positions,
-    icl_from_token_losses, token_losses,
+    icl_band_from_token_losses, icl_from_token_losses, token_losses,
     induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens,
     scored_mask, tl_detector_scores,
 )
@@ -174,6 +174,8 @@ def test_icl_score_of_constructed_logits_is_the_late_minus_the_early_token_loss(
     assert losses[:, 0].isnan().all() and torch.allclose(losses[:, 1:], -p_right[:-1].log().expand(4, -1))
     expected = (-p_right[late - 1].log() + p_right[early - 1].log()).item()  # position p is predicted at p - 1
     assert icl_from_token_losses(losses) == pytest.approx(expected) and expected < -1.0
+    band = (-p_right[234 - 1 : 250 - 1].log().mean() + p_right[9 - 1 : 25 - 1].log().mean()).item()  # T/16 = 16 tokens
+    assert icl_band_from_token_losses(losses) == pytest.approx(band, rel=1e-5)
 
 
 # --- whole models -------------------------------------------------------------------------

@@ -101,15 +101,15 @@ def test_first_induction_head_is_the_one_that_stays_above_threshold_earliest():
     ([0.0, 0.01, -0.01, 0.0, -0.02, -0.01, -0.02], None),  # no drop of 0.05 nats: no ICL, no jump
 ])
 def test_icl_jump_is_where_the_score_stays_past_half_its_drop(icl, expected):
-    metrics = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50, 60], "icl_score": icl})
+    metrics = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50, 60], "icl_band_score": icl})
     assert icl_jump_step(metrics) == expected
 
 
 def test_run_summary_calls_a_jump_inside_the_emergence_bracket_co_occurring():
     steps = [0, 10, 20, 40, 80]
     heads = heads_frame({(0, 1): [0.0, 0.1, 0.2, 0.7, 0.8]}, steps)  # emerges at 40, bracket [20, 80]
-    together = pd.DataFrame({"step": [0, 20, 30, 40, 80], "icl_score": [0.0, 0.0, -0.3, -0.4, -0.4]})
-    apart = pd.DataFrame({"step": [0, 5, 10, 40, 80], "icl_score": [0.0, -0.4, -0.4, -0.4, -0.4]})
+    together = pd.DataFrame({"step": [0, 20, 30, 40, 80], "icl_band_score": [0.0, 0.0, -0.3, -0.4, -0.4]})
+    apart = pd.DataFrame({"step": [0, 5, 10, 40, 80], "icl_band_score": [0.0, -0.4, -0.4, -0.4, -0.4]})
     s = run_induction_summary(heads, together, 0.5)
     assert s["first_induction_head"] == "L0H1" and s["emergence_step"] == 40 and s["induction_layers"] == [0]
     assert s["icl_jump_step"] == 30 and s["icl_jump_with_emergence"] is True
