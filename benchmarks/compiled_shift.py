@@ -14,8 +14,10 @@ import types
 import torch
 
 from benchmarks.run import Shape, interleaved, make_step, model_config, ratio
-from kvshift_lens.models import KVShift, build_module, shift
-from kvshift_lens.tasks import TaskConfig, make_task
+from kvshift_lens.mixers import shift
+from kvshift_lens.mixers.kv_shift import KVShift
+from kvshift_lens.models import build_module
+from kvshift_lens.tasks import make_task, task_config
 
 
 def _mix(x: torch.Tensor, c: torch.Tensor, window: int) -> torch.Tensor:
@@ -35,7 +37,7 @@ def compiled_forward(self: KVShift, x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     torch.set_num_threads(1)
     s = Shape(1, 64, 64, 64)
-    tokens = make_task(TaskConfig(d_vocab=64, seq_len=64)).sample(64, torch.Generator().manual_seed(0)).tokens
+    tokens = make_task(task_config("induction", d_vocab=64, seq_len=64)).sample(64, torch.Generator().manual_seed(0)).tokens
     patched = build_module(model_config(s, "kvshift")).train()
     for m in patched.modules():
         if isinstance(m, KVShift):

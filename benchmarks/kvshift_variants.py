@@ -1,7 +1,7 @@
 """Micro-benchmark of KV-shift implementations (forward + backward), interleaved, 1 thread.
 
 `python -m benchmarks.kvshift_variants` — checks every variant against the current
-`kvshift_lens.models.KVShift.forward` (values and gradients) and prints median ms and the
+`kvshift_lens.mixers.kv_shift.KVShift.forward` (values and gradients) and prints median ms and the
 ratio to the current implementation, for the K/V tensor shapes of the benchmark shapes.
 """
 

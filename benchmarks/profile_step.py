@@ -13,14 +13,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.run import RefModel, Shape, make_step, model_config
 from kvshift_lens.models import build_module
-from kvshift_lens.tasks import TaskConfig, make_task
+from kvshift_lens.tasks import make_task, task_config
 
 
 def main() -> None:
     torch.set_num_threads(1)
     args = [int(a) for a in sys.argv[1:5]] or [1, 64, 128, 32]
     shape = Shape(*args)
-    tokens = make_task(TaskConfig(d_vocab=shape.d_vocab, seq_len=shape.seq)).sample(
+    tokens = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq)).sample(
         shape.batch, torch.Generator().manual_seed(0)).tokens
     variants = {
         "sdpa_ref": make_step(RefModel(shape.d_vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq), tokens),

@@ -85,13 +85,13 @@ def make_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], None
 def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
     """The body of `kvshift_lens.train.train`'s loop (sampling, batch_loss, clip, constrain, .item())."""
     from kvshift_lens.models import ModelConfig, build_module, constrain_
-    from kvshift_lens.tasks import TaskConfig, make_task
+    from kvshift_lens.tasks import make_task, task_config
     from kvshift_lens.train import TrainConfig, _to, batch_loss, lr_at, make_optimizer
 
     model = build_module(model_config(shape, "kvshift")).to(device).train()
     cfg = TrainConfig(batch_size=shape.batch)
     opt = make_optimizer(model, cfg)
-    task = make_task(TaskConfig(d_vocab=shape.d_vocab, seq_len=shape.seq))
+    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
     gen = torch.Generator().manual_seed(0)
     state = {"step": 0}
 
@@ -114,7 +114,8 @@ def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
 def model_config(shape: Shape, arch: str):
     from kvshift_lens.models import ModelConfig
 
-    return ModelConfig(arch=arch, n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
+    return ModelConfig(mixer="kv_shift" if arch == "kvshift" else "none", n_layers=shape.n_layers,
+                       d_model=shape.d_model, n_heads=shape.n_heads,
                        d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0)
 
 
@@ -146,10 +147,10 @@ def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: bool, warmup: int = 3) -> dict:
     from kvshift_lens.models import build_model, build_module
-    from kvshift_lens.tasks import TaskConfig, make_task
+    from kvshift_lens.tasks import make_task, task_config
 
     torch.manual_seed(0)
-    task = make_task(TaskConfig(d_vocab=shape.d_vocab, seq_len=shape.seq))
+    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
     tokens = task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
     ref = RefModel(shape.d_vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq).to(device)
     variants = {

@@ -44,7 +44,7 @@ class FigureSpec:
 
 
 def _ablation_label(row: pd.Series) -> str:
-    return "vanilla" if row["model.arch"] == "vanilla" else f"shift {row['model.shift']}"
+    return "vanilla" if row["model.arch"] == "vanilla" else f"shift {row['model.mixer.sides']}"
 
 
 def _size_label(row: pd.Series) -> str:
@@ -74,7 +74,7 @@ FIGURES: dict[str, FigureSpec] = {
     "fig2_landscape": FigureSpec("fig1a_depth", F.shift_table, F.plot_landscape, F.find_fig2),
     "table4_alpha_beta": FigureSpec("fig1a_depth", F.shift_table, F.plot_quadrants, F.find_table4),
     "fig8_variants": FigureSpec(
-        "fig8_variants", lambda d: F.curves_table(d, lambda r: f"shift_param={r['model.shift_param']}"),
+        "fig8_variants", lambda d: F.curves_table(d, lambda r: f"shift_param={r['model.mixer.param']}"),
         lambda t: F.plot_curves(t, "Shift parametrisation (Fig 8)"),
         F.find_curves("Every parametrisation of the shift coefficients learns the induction task (1 layer).", "")),
     "fig8_ablation": FigureSpec(
@@ -82,7 +82,7 @@ FIGURES: dict[str, FigureSpec] = {
         lambda t: F.plot_curves(t, "Shift K and V vs K only vs V only vs vanilla (Fig 8)"),
         F.find_curves("Shifting K, V or both lets one layer learn induction; vanilla one layer does not.", "vanilla")),
     "fig8_window": FigureSpec(
-        "fig8_window", lambda d: F.curves_table(d, lambda r: f"window={int(r['model.shift_window'])}"),
+        "fig8_window", lambda d: F.curves_table(d, lambda r: f"window={int(r['model.mixer.window'])}"),
         lambda t: F.plot_curves(t, "Shift window (Fig 8)"),
         F.find_curves("A wider shift window (w = 2, 3) still learns induction in one layer.", "")),
     "fig1b_width": FigureSpec(

@@ -14,6 +14,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+if not OmegaConf.has_resolver("path_safe"):  # run directories (conf/train.yaml): model/mixer=x -> model.mixer=x
+    OmegaConf.register_new_resolver("path_safe", lambda s: str(s).replace("/", "."))
+
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # Hydra finds our sweeper plugin (hydra_plugins/, beside conf/) on sys.path
     sys.path.append(ROOT)
@@ -44,7 +47,7 @@ def main(cfg: DictConfig) -> float:
     # (~10 s); only the processes that train pay for them.
     from kvshift_lens.config import run_config
     from kvshift_lens.emergence import analyze_run
-    from kvshift_lens.models import ConfigError
+    from kvshift_lens.errors import ConfigError
     from kvshift_lens.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -1,24 +1,30 @@
-"""kvshift_lens: KV shifting attention (Xu et al. 2024) as TransformerLens 4 models, with
-synthetic induction tasks, a CPU-fast trainer and mechanistic-interpretability tools."""
+"""kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
+models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-from kvshift_lens.models import (
-    ConfigError,
-    ModelConfig,
-    build_model,
-    build_module,
-    load_model,
-    save_model,
-    shift_coefficients,
-    to_bridge,
-)
+The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers` and
+`kvshift_lens.tasks` import without transformer_lens.
+"""
 
-__all__ = [
-    "ConfigError",
-    "ModelConfig",
-    "build_model",
-    "build_module",
-    "load_model",
-    "save_model",
-    "shift_coefficients",
-    "to_bridge",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConfigError": "kvshift_lens.errors",
+    "ModelConfig": "kvshift_lens.model_config",
+    "build_model": "kvshift_lens.models",
+    "build_module": "kvshift_lens.models",
+    "load_model": "kvshift_lens.models",
+    "mixer_coefficients": "kvshift_lens.models",
+    "save_model": "kvshift_lens.models",
+    "shift_coefficients": "kvshift_lens.models",
+    "to_bridge": "kvshift_lens.models",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kvshift_lens' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

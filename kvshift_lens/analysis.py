@@ -8,6 +8,10 @@ from typing import Union
 
 import pandas as pd
 
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import arch_name, upgrade_legacy as upgrade_model
+from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
+
 PathLike = Union[str, Path]
 
 
@@ -19,10 +23,41 @@ def find_runs(path: PathLike) -> list[Path]:
     return sorted(p.parent for p in path.rglob("config.json") if (p.parent / "metrics.csv").exists())
 
 
+def flatten(node: dict, prefix: str = "") -> dict:
+    """Nested mapping -> one level with dotted keys: {"model": {"mixer": {"name": x}}} -> {"model.mixer.name": x}."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """Inverse of `flatten`: dotted keys -> nested mapping."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 def run_config_columns(run_dir: Path) -> dict:
-    """The run's config flattened to `model.arch`, `task.seq_len`, `train.lr`, ... plus `seed`."""
+    """The run's config flattened to `model.mixer.name`, `model.mixer.window`, `task.seq_len`, `train.lr`, ...
+    plus the derived `model.arch` ("vanilla" without a mixer, "kvshift" for kv_shift, else the mixer name)
+    and `seed`. Configs written before the mixer/task registries are read in the current layout."""
     cfg = json.loads((run_dir / "config.json").read_text())
-    flat = {f"{group}.{k}": v for group, node in cfg.items() for k, v in node.items()}
+    cfg["model"] = upgrade_model(cfg["model"])
+    try:
+        cfg["task"] = upgrade_task(cfg["task"])
+    except ConfigError:  # a task this installation does not register: keep its columns as written
+        pass
+    flat = flatten(cfg)
+    flat["model.arch"] = arch_name(cfg["model"]["mixer"]["name"])
     flat["seed"] = cfg["model"]["seed"]
     return flat
 
@@ -46,7 +81,8 @@ def _per_run_table(root: Path, filename: str, missing: str) -> pd.DataFrame:
 def load_runs(path: PathLike) -> pd.DataFrame:
     """Metrics of one run or a whole sweep as one tidy frame: config columns + metrics per step.
 
-    Columns: `run` (path relative to `path`), `seed`, `model.*`, `task.*`, `train.*`, then
+    Columns: `run` (path relative to `path`), `seed`, `model.*` (mixer options as `model.mixer.*`, and the
+    derived `model.arch`), `task.*`, `train.*`, then
     `step, train_loss, eval_loss, induction_acc, lr, train_seconds`.
     """
     root = Path(path)

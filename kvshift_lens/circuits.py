@@ -1,8 +1,11 @@
-"""KV-shift path decomposition of attention heads and the mechanism of each induction head.
+"""Lag decomposition of attention heads under any local mixer, and the mechanism of each induction head.
 
-A KV-shift head's logit q_t·K̂_s splits exactly into lag terms q_t·c_j K_{s-j} (α1: j = 0,
-α2: j = 1) and its output into β_j·pattern @ shift(V, j) @ W_O; `classify_heads` uses these to
-tell the one-layer shift mechanism (Xu et al., Theorem 2) from two-layer K-composition.
+Every mixer is causal and affine along the sequence, so a head's key K_s splits exactly into lag
+terms: the part carried by token s - j (`MixerAttention.lag_terms`; for KV shift, lag j is c_j K_{s-j},
+α1 at j = 0, α2 at j = 1; for a mixer on the block input, K = W_K·x̃ splits by the lags of x̃).
+Rotary is linear, so the logit q_t·K_s splits into the same lag terms, and the head's output into
+pattern @ V_lag @ W_O. `classify_heads` uses these to tell the one-layer mixer mechanism (Xu et al.,
+Theorem 2 for KV shift) from two-layer K-composition; vanilla heads have the single lag 0.
 """
 
 from __future__ import annotations
@@ -15,35 +18,40 @@ from transformer_lens import ActivationCache, TransformerBridge
 from transformer_lens.utilities import get_act_name
 
 from kvshift_lens.detect import (
-    attention_patterns, direct_logits, head_scores, head_shift_coefficients, induction_rows,
-    induction_score, repeat_period, repeated_tokens, scored_mask,
+    attention_patterns, direct_logits, head_scores, induction_rows, induction_score, repeat_period,
+    repeated_tokens, scored_mask,
 )
-from kvshift_lens.models import attention_layers, model_config, shift
+from kvshift_lens.models import attention_layers, model_config
 
 INDUCTION_THRESHOLD = 0.3  # induction_score of an induction head (uniform attention: ~1.4/T)
-PATH_THRESHOLD = 0.5  # alpha2 and beta1 fractions of a shift-mediated head
+PATH_THRESHOLD = 0.5  # prev_key and own_value fractions of a mixer-mediated head
 PREVIOUS_THRESHOLD = 0.3  # previous_token_score of a K-composition source head
 COMPOSITION_DROP = 0.5  # share of the induction score lost when the source is cut from the keys
 
 
+def attention_input(cache: ActivationCache, layer: int) -> torch.Tensor:
+    """The normalised block input layer `layer`'s attention (and its mixers) read: [batch, pos, d_model]."""
+    return cache[f"blocks.{layer}.attn.hook_in"]
+
+
 def logit_terms(model: TransformerBridge, cache: ActivationCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention logits split by key lag: terms [lag, batch, head, q, k] (lag j: q_t·c_j K_{s-j} / scale,
-    rotary applied to each term) and the key-free bias [head or 1, q, k] (causal -inf, ALiBi).
+    """Attention logits split by key lag: terms [lag, batch, head, q, k] (lag j: q_t·K_s^(j) / scale, K_s^(j)
+    the part of key s carried by token s - j, rotary applied to each term) and the key-free bias
+    [head or 1, q, k] (causal -inf, ALiBi).
 
     terms.sum(0) + bias equals the layer's `hook_attn_scores`.
     """
     attn = attention_layers(model)[layer]
-    alpha, _ = head_shift_coefficients(model, layer)  # [head, lag]
-    q = cache[get_act_name("q", layer)]  # [batch, pos, head, d_head], before rotary
-    k = cache[get_act_name("k", layer)]  # [batch, pos, kv_head, d_head], before the shift
-    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)  # [batch, pos, head, d_head]
+    x = attention_input(cache, layer)
+    q = attn.lag_terms(x, "q").sum(0)  # [batch, pos, head, d_head]: the mixed queries, before rotary
+    k = attn.lag_terms(x, "k")  # [lag, batch, pos, kv_head, d_head]
+    k = k.repeat_interleave(q.shape[2] // k.shape[3], dim=3)  # [lag, batch, pos, head, d_head]
     batch, seq = q.shape[:2]
     positions = torch.arange(seq, device=q.device).expand(batch, seq)
     q = q.transpose(1, 2)  # [batch, head, pos, d_head]
     terms = []
-    for j in range(alpha.shape[1]):
-        k_j = (alpha[:, j, None] * shift(k, j)).transpose(1, 2)  # [batch, head, pos, d_head]
-        q_j = q
+    for k_j in k:
+        k_j, q_j = k_j.transpose(1, 2), q  # [batch, head, pos, d_head]
         if attn.rotary is not None:
             q_j, k_j = attn.rotary.apply_rope(q, k_j, position_ids=positions)
         terms.append(q_j @ k_j.transpose(-2, -1) / attn.scale)
@@ -51,17 +59,18 @@ def logit_terms(model: TransformerBridge, cache: ActivationCache, layer: int) ->
 
 
 def output_terms(model: TransformerBridge, cache: ActivationCache, layer: int) -> torch.Tensor:
-    """Per-head outputs split by value lag: [lag, batch, pos, head, d_model], lag j = pattern @ β_j·shift(V, j) @ W_O.
+    """Per-head outputs split by value lag: [lag, batch, pos, head, d_model], lag j = pattern @ V^(j) @ W_O
+    (V^(j) the part of each value carried by the token j positions before it).
 
     Summed over lags and heads, plus b_O, this equals the layer's `hook_attn_out`.
     """
-    _, beta = head_shift_coefficients(model, layer)  # [head, lag]
+    attn = attention_layers(model)[layer]
     pattern = cache[get_act_name("pattern", layer)]  # [batch, head, q, k]
-    v = cache[get_act_name("v", layer)]  # [batch, pos, kv_head, d_head], before the shift
-    v = v.repeat_interleave(pattern.shape[1] // v.shape[2], dim=2)  # [batch, pos, head, d_head]
+    v = attn.lag_terms(attention_input(cache, layer), "v")  # [lag, batch, pos, kv_head, d_head]
+    v = v.repeat_interleave(pattern.shape[1] // v.shape[3], dim=3)  # [lag, batch, pos, head, d_head]
     terms = []
-    for j in range(beta.shape[1]):
-        z = torch.einsum("bhqk,bkhd->bqhd", pattern, beta[:, j, None] * shift(v, j))
+    for v_j in v:
+        z = torch.einsum("bhqk,bkhd->bqhd", pattern, v_j)
         terms.append(torch.einsum("bqhd,hdm->bqhm", z, model.W_O[layer]))
     return torch.stack(terms)
 
@@ -74,8 +83,9 @@ def _fraction(part: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def path_fractions(model: TransformerBridge, tokens: torch.Tensor) -> pd.DataFrame:
     """Per head, at the scored `induction_rows` of a `[BOS] r r` batch: the share of the target key's logit
-    margin from shifted keys (alpha2_fraction) and of the direct target-token logit from the
-    attended tokens' own values (beta1_fraction), with the totals they divide.
+    margin carried by key lags >= 1, i.e. earlier tokens mixed into the key (prev_key_fraction; α2's share
+    for KV shift), and the share of the direct answer logit carried by the attended tokens' own values,
+    value lag 0 (own_value_fraction; β1's share for KV shift), with the totals they divide.
     """
     tokens = tokens.to(model.W_E.device)
     period, seq = repeat_period(tokens), tokens.shape[1]
@@ -99,12 +109,12 @@ def path_fractions(model: TransformerBridge, tokens: torch.Tensor) -> pd.DataFra
         logits = direct_logits(model, outs, scale[:, None, None] if scale is not None else None)
         dla = logits.gather(-1, answer[:, None, None, None].expand(*logits.shape[:-1], 1))[..., 0]
         dla = (dla - logits.mean(-1)).sum(0)  # [lag, head] mean-centred answer logit, summed over rows
-        alpha2 = _fraction(margin[1:-1].sum(0), margin.sum(0))
-        beta1 = _fraction(dla[0], dla.sum(0))
+        prev_key = _fraction(margin[1:-1].sum(0), margin.sum(0))
+        own_value = _fraction(dla[0], dla.sum(0))
         for h in range(margin.shape[1]):
-            rows.append((layer, h, alpha2[h].item(), beta1[h].item(),
+            rows.append((layer, h, prev_key[h].item(), own_value[h].item(),
                          margin[:, h].sum().item() / len(b_idx), dla[:, h].sum().item() / len(b_idx)))
-    return pd.DataFrame(rows, columns=["layer", "head", "alpha2_fraction", "beta1_fraction",
+    return pd.DataFrame(rows, columns=["layer", "head", "prev_key_fraction", "own_value_fraction",
                                        "target_logit_margin", "answer_logit"])
 
 
@@ -134,10 +144,13 @@ def key_path_drop(model: TransformerBridge, tokens: torch.Tensor, sources: Seque
     delta = out.mean((0, 1)) - out  # swaps the sources' output for its mean
     clean = induction_score(attention_patterns(model, tokens), tokens)  # [layer, head]
     drop = torch.full_like(clean, float("nan"))
+    cfg = model_config(model)
     for layer in range(first, model.cfg.n_layers):
+        attn = attention_layers(model)[layer]
         x = model.blocks[layer].ln1.original_component(cache[get_act_name("resid_pre", layer)] + delta)
-        keys = torch.einsum("bpm,hmd->bphd", x, model.W_K[layer]) + model.b_K[layer]  # [batch, pos, kv_head, d_head]
-        with model.hooks(fwd_hooks=[(get_act_name("k", layer), lambda k, hook, keys=keys: keys)]):
+        keys = attn.lag_terms(x, "k").sum(0)  # [batch, pos, kv_head, d_head]: final keys of the ablated input
+        final = f"blocks.{layer}.attn.{cfg.mixer.hook_name('k')}" if "k" in attn.mixer_names else get_act_name("k", layer)
+        with model.hooks(fwd_hooks=[(final, lambda k, hook, keys=keys: keys)]):
             ablated = induction_score(attention_patterns(model, tokens)[:, layer], tokens)
         drop[layer] = 1 - ablated / clean[layer]
     return drop
@@ -187,8 +200,9 @@ def classify_heads(
 ) -> pd.DataFrame:
     """One row per head: scores, path fractions, K-composition evidence and `mechanism`.
 
-    Induction heads (induction_score >= threshold) are "shift-mediated" when alpha2_fraction and
-    beta1_fraction both reach path_threshold, else "composition-mediated" when an earlier
+    Induction heads (induction_score >= threshold) are "mixer-mediated" when prev_key_fraction and
+    own_value_fraction both reach path_threshold (the one-layer mechanism: the key carries the previous
+    token through the mixer, the value the token itself), else "composition-mediated" when an earlier
     previous-token head exists and cutting all earlier heads from their key input removes
     >= composition_drop of their induction score (`key_path_drop`); all other heads are "none".
     """
@@ -205,11 +219,11 @@ def classify_heads(
     table["is_induction"] = induction.flatten().tolist()
     previous = grid("previous_token_score") >= previous_threshold
     table = table.assign(**_composition_evidence(model, tokens, induction, previous))
-    shift_mediated = (table["alpha2_fraction"] >= path_threshold) & (table["beta1_fraction"] >= path_threshold)
+    mixer_mediated = (table["prev_key_fraction"] >= path_threshold) & (table["own_value_fraction"] >= path_threshold)
     composed = (table["composition_source"] != "") & (table["k_path_drop"] >= composition_drop)
     table["mechanism"] = "none"
     table.loc[table["is_induction"] & composed, "mechanism"] = "composition-mediated"
-    table.loc[table["is_induction"] & shift_mediated, "mechanism"] = "shift-mediated"
+    table.loc[table["is_induction"] & mixer_mediated, "mechanism"] = "mixer-mediated"
     return table[["layer", "head", "mechanism", "is_induction", "induction_score", "previous_token_score",
-                  "alpha2_fraction", "beta1_fraction", "target_logit_margin", "answer_logit",
+                  "prev_key_fraction", "own_value_fraction", "target_logit_margin", "answer_logit",
                   "k_path_drop", "composition_source", "source_drop", "k_composition_ratio"]]

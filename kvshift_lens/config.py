@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Type, TypeVar
+from typing import Any, Optional, Sequence, Type, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kvshift_lens.models import ConfigError, ModelConfig
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import ModelConfig, upgrade_legacy as upgrade_model
+from kvshift_lens.registry import build_dataclass
 from kvshift_lens.tasks import TaskConfig
 from kvshift_lens.train import TrainConfig, check_compatible
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 T = TypeVar("T")
+UPGRADES = {ModelConfig: upgrade_model}  # legacy layouts a group may arrive in (checkpoints predating the mixers)
 
 
 @dataclass
@@ -26,21 +28,12 @@ class RunConfig:
     train: TrainConfig
 
 
-def _build(cls: Type[T], node: Any, group: str) -> T:
-    """Instantiate dataclass `cls` from a config node, naming unknown or mistyped fields."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown field(s) {[f'{group}.{k}' for k in unknown]}; valid: {sorted(known)}")
-    try:
-        obj = cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{group}: {e}") from None
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
+def build(cls: Type[T], node: Any, group: str) -> T:
+    """The one place a config group becomes its dataclass: `cls` (tagged bases such as `TaskConfig` pick the
+    registered subclass by `name`; nested dataclass fields such as `model.mixer` recurse) from a hydra
+    node or plain mapping, raising one-line `ConfigError`s naming `group.field`."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    return build_dataclass(cls, data, group, upgrade=UPGRADES.get(cls))
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
@@ -48,20 +41,20 @@ def run_config(cfg: DictConfig) -> RunConfig:
     for group in ("model", "task", "train"):
         if group not in cfg:
             raise ConfigError(f"config has no `{group}` group; pick one, e.g. {group}=<preset>")
-    run = RunConfig(_build(ModelConfig, cfg.model, "model"), _build(TaskConfig, cfg.task, "task"),
-                    _build(TrainConfig, cfg.train, "train"))
+    run = RunConfig(build(ModelConfig, cfg.model, "model"), build(TaskConfig, cfg.task, "task"),
+                    build(TrainConfig, cfg.train, "train"))
     check_compatible(run.model, run.task)
     return run
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train") -> RunConfig:
+def compose(overrides: Sequence[str] = (), config_name: str = "train", conf_dir: Optional[Path] = None) -> RunConfig:
     """Compose `conf/<config_name>.yaml` with command-line style overrides, outside any hydra app.
 
-    >>> run = compose(["model=vanilla_2l", "train.steps=200"])
+    >>> run = compose(["model=vanilla_2l", "model/mixer=canon", "task=mqar", "train.steps=200"])
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     return run_config(cfg)

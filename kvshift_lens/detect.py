@@ -193,18 +193,6 @@ def attention_patterns(model: TransformerBridge, tokens: torch.Tensor) -> torch.
     return torch.stack([cache[n] for n in names], dim=1)
 
 
-def head_shift_coefficients(model: TransformerBridge, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Key and value mixing coefficients per QUERY head, (alpha, beta) each [head, window+1];
-    identity (1, 0, ...) where K or V is unshifted (vanilla models included)."""
-    cfg = model_config(model)
-    attn = attention_layers(model)[layer]
-    width, repeats = cfg.shift_window + 1, cfg.n_heads // cfg.kv_heads
-    identity = torch.zeros(cfg.kv_heads, width, device=_device(model))
-    identity[:, 0] = 1.0
-    coeffs = [m.coefficients().detach() if m is not None else identity for m in (attn.k_shift, attn.v_shift)]
-    return tuple(c.repeat_interleave(repeats, dim=0) for c in coeffs)
-
-
 def direct_logits(model: TransformerBridge, resid: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Logits a residual component [..., d_model] adds through the final norm and unembed: [..., vocab].
 
@@ -223,18 +211,18 @@ def direct_logits(model: TransformerBridge, resid: torch.Tensor, scale: Optional
 def copying_score(model: TransformerBridge) -> torch.Tensor:
     """Olsson et al. copying score of each head's direct OV circuit: [layer, head] in [-1, 1].
 
-    Token a -> ln1(W_E[a]) - ln1(0) -> β1·W_V W_O -> final norm (centre, gain) -> W_U; per row
-    mean-subtract, ReLU, r = boost(a) / Σ boosts, score = mean over a of 2r - 1.
+    Token a -> ln1(W_E[a]) - ln1(0) -> the value path's lag-0 part (the attended token's own value:
+    β1·W_V for KV shift, every mixer's lag-0 coefficients in general) -> W_O -> final norm (centre,
+    gain) -> W_U; per row mean-subtract, ReLU, r = boost(a) / Σ boosts, score = mean over a of 2r - 1.
     """
     cfg = model_config(model)
-    zero = torch.zeros(1, cfg.d_model, device=_device(model))
+    zero = torch.zeros(1, 1, cfg.d_model, device=_device(model))
     scores = []
-    for layer, block in enumerate(model.blocks):
+    for layer, (block, attn) in enumerate(zip(model.blocks, attention_layers(model))):
         ln1 = block.ln1.original_component  # the bare norm: calling the bridge one has side effects
-        x = ln1(model.W_E) - ln1(zero)  # token-dependent attention input [vocab, d_model]
-        w_v = model.W_V[layer].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=0)  # [head, d_model, d_head]
-        beta1 = head_shift_coefficients(model, layer)[1][:, 0]  # [head]: the attended token's own value
-        out = torch.einsum("vm,hmd,hdn->hvn", x, w_v, model.W_O[layer]) * beta1[:, None, None]
+        own = attn.lag_terms(ln1(model.W_E)[:, None], "v")[0] - attn.lag_terms(ln1(zero), "v")[0]  # [vocab, 1, kv, d_head]
+        own = own[:, 0].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=1)  # [vocab, head, d_head]
+        out = torch.einsum("vhd,hdn->hvn", own, model.W_O[layer])
         logits = direct_logits(model, out)  # [head, source token, vocab]
         boost = (logits - logits.mean(-1, keepdim=True)).relu()
         r = boost.diagonal(dim1=-2, dim2=-1) / boost.sum(-1).clamp_min(torch.finfo(boost.dtype).tiny)

@@ -89,7 +89,7 @@ def steps_to(table: pd.DataFrame, threshold: float = 0.9) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def shift_table(sweep_dir: Path, keep: Callable[[dict], bool] = lambda m: m["arch"] == "kvshift") -> pd.DataFrame:
+def shift_table(sweep_dir: Path, keep: Callable[[ModelConfig], bool] = lambda m: m.arch == "kvshift") -> pd.DataFrame:
     """Shift coefficients of every checkpoint of the runs whose model config passes `keep`.
 
     One row per run × step × layer × head: alpha1, alpha2, beta1, beta2 (first two taps), plus
@@ -97,7 +97,7 @@ def shift_table(sweep_dir: Path, keep: Callable[[dict], bool] = lambda m: m["arc
     """
     frames = []
     for run_dir in find_runs(sweep_dir):
-        model = json.loads((run_dir / "config.json").read_text())["model"]
+        model = ModelConfig.from_dict(json.loads((run_dir / "config.json").read_text())["model"])
         if not keep(model) or not (run_dir / "summary.json").exists():
             continue
         ckpts = sorted((run_dir / "checkpoints").glob("step_*.safetensors"))
@@ -105,8 +105,8 @@ def shift_table(sweep_dir: Path, keep: Callable[[dict], bool] = lambda m: m["arc
         for path in ckpts:
             coef = shift_coefficients(load_model(path))
             coef.insert(0, "step", int(path.stem.split("_")[1]))
-            coef.insert(0, "seed", model["seed"])
-            coef.insert(0, "label", f"{model['arch']} {model['n_layers']}L")
+            coef.insert(0, "seed", model.seed)
+            coef.insert(0, "label", f"{model.arch} {model.n_layers}L")
             coef.insert(0, "run", str(run_dir.relative_to(sweep_dir)))
             coef["final_step"] = final
             frames.append(coef)

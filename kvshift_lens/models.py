@@ -1,25 +1,26 @@
-"""Vanilla and KV-shift transformers as TransformerLens 4 `TransformerBridge` models.
+"""Transformers with a pluggable local token mixer (vanilla, KV shift, Canon, ...) as TransformerLens 4
+`TransformerBridge` models.
 
-The KV shift is Eq. 4-5 of Xu et al. (arXiv 2411.19574): per (KV) head, after the K/V
-projections and before rotary,
+The mixer (`kvshift_lens.mixers`, chosen by `ModelConfig.mixer`) places causal lag mixers at slots of
+each block: the attention input (`x`), one projection's input (`q_input`, `k_input`, `v_input`), the
+per-head projections before rotary (`q`, `k`, `v`), the MLP input (`mlp_in`) or hidden layer
+(`mlp_hidden`). KV shift (Eq. 4-5 of Xu et al., arXiv 2411.19574) is the mixer `kv_shift` on slots k, v:
 
-    K̂_t = α1·K_t + α2·K_{t-1}        V̂_t = β1·V_t + β2·V_{t-1}        (K_{-1} = V_{-1} = 0)
+    K̂_t = α1·K_t + α2·K_{t-1}        V̂_t = β1·V_t + β2·V_{t-1}
 
-generalised to a window w: X̂_t = Σ_{j=0..w} c_j·X_{t-j}. One attention class serves both
-paths: the bare module trains with `F.scaled_dot_product_attention`; inside the bridge
-(`build_model`) the explicit softmax runs so `hook_pattern` edits reach the output.
+One attention class serves both paths: the bare module trains with `F.scaled_dot_product_attention`;
+inside the bridge (`build_model`) the explicit softmax runs so `hook_pattern` edits reach the output.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-from dataclasses import dataclass, field
 import json
+import math
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import numpy as np
 import pandas as pd
 
 import torch
@@ -34,181 +35,21 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
 from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-from transformer_lens.model_bridge.sources.native.model import NativeAttention, NativeModel
+from transformer_lens.model_bridge.sources.native.model import (
+    NativeAttention, NativeBlock, NativeGatedMLP, NativeMLP, NativeModel,
+)
 
-ARCHS = ("vanilla", "kvshift")
-SHIFTS = ("kv", "k", "v")
-SHIFT_PARAMS = ("free", "gate", "clamp01")
-NORMS = {"layernorm": "LN", "rmsnorm": "RMS", "none": None}
-POSITIONS = ("learned", "rotary", "alibi")
-MLPS = {"gelu": ("gelu", False), "swiglu": ("silu", True)}
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.mixers import ATTENTION_SLOTS, BLOCK_SLOTS, MLP_SLOTS, SLOTS, LagMixer, shift
+from kvshift_lens.mixers.kv_shift import KVShift
+from kvshift_lens.model_config import ModelConfig
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and the fix."""
+__all__ = ["ConfigError", "ModelConfig", "shift"]  # re-exported: their home moved out of this module
 
 
-@dataclass
-class ModelConfig:
-    """Every architectural knob of a kvshift_lens model (also the hydra `model` group schema)."""
-
-    arch: str = "kvshift"  # "vanilla" | "kvshift"
-    n_layers: int = 1  # transformer blocks
-    d_model: int = 64  # residual stream width D
-    n_heads: int = 4  # query heads per layer
-    d_head: Optional[int] = None  # per-head width d; None -> d_model // n_heads
-    n_kv_heads: Optional[int] = None  # KV heads (GQA); None -> n_heads
-    d_vocab: int = 64  # vocabulary size
-    n_ctx: int = 64  # longest sequence the model accepts
-    attn_only: bool = True  # drop the MLPs
-    mlp: str = "gelu"  # "gelu" | "swiglu" (ignored when attn_only)
-    d_mlp: Optional[int] = None  # MLP hidden width; None -> 4 * d_model
-    norm: str = "layernorm"  # "layernorm" | "rmsnorm" | "none"
-    positions: str = "learned"  # "learned" absolute | "rotary" | "alibi"
-    shift: str = "kv"  # which of K/V is shifted: "kv" | "k" (smeared key) | "v"
-    shift_param: str = "free"  # α/β parameterisation: "free" | "gate" | "clamp01"
-    shift_window: int = 1  # 1 = the paper (t, t-1); w mixes t .. t-w
-    init_std: Optional[float] = None  # N(0, std) for all matrices; None -> 0.8 / sqrt(d_model)
-    residual_scale: bool = False  # scale output projections by 1/sqrt(2·n_layers) (TL4 native default)
-    seed: int = 0  # seeds every weight, shift coefficients included
-
-    def __post_init__(self) -> None:
-        if self.d_head is None and self.n_heads > 0:
-            self.d_head = self.d_model // self.n_heads if self.d_model % self.n_heads == 0 else None
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the first field that cannot work and how to fix it."""
-        choices = {
-            "arch": ARCHS, "shift": SHIFTS, "shift_param": SHIFT_PARAMS,
-            "norm": tuple(NORMS), "positions": POSITIONS, "mlp": tuple(MLPS),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"model.{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}"
-                )
-        for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx", "shift_window"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if self.d_head is None:
-            raise ConfigError(
-                f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}; "
-                f"pick n_heads dividing d_model or set model.d_head explicitly"
-            )
-        if self.d_head < 1:
-            raise ConfigError(f"model.d_head={self.d_head} must be >= 1")
-        if self.positions == "rotary" and self.d_head % 2:
-            raise ConfigError(f"model.d_head={self.d_head} must be even for positions=rotary")
-        kv = self.n_kv_heads or self.n_heads
-        if kv < 1 or self.n_heads % kv:
-            raise ConfigError(
-                f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}"
-            )
-        if self.init_std is not None and self.init_std <= 0:
-            raise ConfigError(f"model.init_std={self.init_std} must be > 0 (or null for the default)")
-
-    @property
-    def kv_heads(self) -> int:
-        """Number of KV heads (= n_heads without GQA); shift coefficients exist per KV head."""
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def shifts_k(self) -> bool:
-        return self.arch == "kvshift" and "k" in self.shift
-
-    @property
-    def shifts_v(self) -> bool:
-        return self.arch == "kvshift" and "v" in self.shift
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        """Build from a mapping (e.g. a hydra node), rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; valid fields: {sorted(known)}")
-        return cls(**dict(d))
-
-    def tl_config(self) -> TransformerBridgeConfig:
-        """The TransformerLens config the bridge and the native blocks are built from."""
-        act_fn, gated = MLPS[self.mlp]
-        return TransformerBridgeConfig(
-            d_model=self.d_model,
-            d_head=self.d_head,
-            n_layers=self.n_layers,
-            n_ctx=self.n_ctx,
-            n_heads=self.n_heads,
-            d_vocab=self.d_vocab,
-            d_mlp=self.d_mlp or 4 * self.d_model,
-            n_key_value_heads=self.n_kv_heads,
-            attn_only=self.attn_only,
-            act_fn=act_fn,
-            gated_mlp=gated,
-            normalization_type=NORMS[self.norm],
-            positional_embedding_type="standard" if self.positions == "learned" else self.positions,
-            architecture="TransformerLensNative",
-            default_prepend_bos=False,
-            seed=self.seed,
-        )
-
-
-def shift(x: torch.Tensor, j: int = 1) -> torch.Tensor:
-    """Move `x` [batch, pos, ...] j positions later along pos, filling the first j with zeros."""
-    if j == 0:
-        return x
-    pad = [0, 0] * (x.dim() - 2) + [min(j, x.shape[1]), 0]
-    return F.pad(x[:, : max(x.shape[1] - j, 0)], pad)
-
-
-class KVShift(nn.Module):
-    """Eq. 5 per head: X̂_t = Σ_j c_j·X_{t-j}; window 1 gives α1·X + α2·shift(X).
-
-    `weight` holds the raw parameters ([heads, window+1]; [heads, window] logits for `gate`),
-    named `weight` so `TransformerBridge.state_dict()` keeps it.
-    """
-
-    def __init__(self, n_heads: int, window: int, param: str):
-        super().__init__()
-        self.window, self.param = window, param
-        width = window if param == "gate" else window + 1
-        self.weight = nn.Parameter(torch.empty(n_heads, width))
-
-    def coefficients(self) -> torch.Tensor:
-        """Effective mixing coefficients c [heads, window+1]: c[:, 0] on X_t, c[:, j] on X_{t-j}."""
-        if self.param == "gate":  # window 1: c0 = sigmoid(a), c1 = 1 - c0
-            zero = self.weight.new_zeros(self.weight.shape[0], 1)
-            return torch.softmax(torch.cat([self.weight, zero], dim=-1), dim=-1)
-        if self.param == "clamp01":
-            return self.weight.clamp(0.0, 1.0)
-        return self.weight
-
-    @torch.no_grad()
-    def reset_coefficients(self, generator: torch.Generator) -> None:
-        """Paper init: α1 ~ U(0,1), α2 = 1 - α1; wider windows draw c ~ Dirichlet(1, ..., 1)."""
-        n = self.weight.shape[0]
-        e = -torch.log1p(-torch.rand(n, self.window + 1, generator=generator))  # Exp(1) draws
-        c = e / e.sum(dim=-1, keepdim=True)  # window 1: c0 ~ U(0, 1), c1 = 1 - c0
-        if self.param == "gate":
-            c = torch.log(c[:, :-1]) - torch.log(c[:, -1:])
-        self.weight.copy_(c)
-
-    @torch.no_grad()
-    def project_(self) -> None:
-        """Project raw parameters onto the constraint set after an optimizer step (clamp01)."""
-        if self.param == "clamp01":
-            self.weight.clamp_(0.0, 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [batch, pos, head, d_head] -> shifted mix, same shape."""
-        c = self.coefficients()  # [head, window+1]
-        out = c[:, 0, None] * x
-        for j in range(1, self.window + 1):
-            out = out + c[:, j, None] * shift(x, j)
-        return out
+def _raw(module: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The wrapped module of a bridge component (the module itself outside a bridge)."""
+    return module.original_component if isinstance(module, GeneralizedComponent) else module
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
@@ -216,8 +57,44 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
 
 
-class ShiftAttention(NativeAttention):
-    """`NativeAttention` with optional KV shift (Eq. 5, before rotary) and ALiBi bias.
+class MixerSlots(nn.Module):
+    """Mixin: registers a block part's lag mixers as `<slot>_<suffix>` attributes and applies them."""
+
+    mixer_names: dict[str, str]  # slot -> attribute name
+
+    def _add_mixers(self, cfg: ModelConfig, mixers: dict[str, LagMixer], slots: tuple[str, ...]) -> None:
+        self.mixer_names = {}
+        for slot in slots:
+            if slot in mixers:
+                name = cfg.mixer.module_name(slot)
+                self.add_module(name, mixers[slot])
+                self.mixer_names[slot] = name
+
+    def mix(self, slot: str, x: torch.Tensor) -> torch.Tensor:
+        """Apply the mixer at `slot` (through its bridge component, so its hooks fire), or pass x through."""
+        name = self.mixer_names.get(slot)
+        return x if name is None else getattr(self, name)(x)
+
+    def mixers(self) -> dict[str, LagMixer]:
+        """slot -> the bare mixer module of this part."""
+        return {slot: _raw(getattr(self, name)) for slot, name in self.mixer_names.items()}
+
+
+def _lag_compose(terms: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Lag terms [L, ...] of an input pushed through an affine lag map `f` (x -> [J, ...]): [L+J-1, ...].
+
+    Input lag l and output lag j of `f` land in lag l + j; `f`'s constant part is counted once.
+    """
+    base = f(torch.zeros_like(terms[0]))  # [J, ...]: the affine offset, by lag
+    out = terms.new_zeros(terms.shape[0] + base.shape[0] - 1, *base.shape[1:])
+    for lag in range(terms.shape[0]):
+        out[lag : lag + base.shape[0]] += f(terms[lag]) - base
+    out[: base.shape[0]] += base
+    return out
+
+
+class MixerAttention(MixerSlots, NativeAttention):
+    """`NativeAttention` with the mixer's attention slots (before rotary) and an optional ALiBi bias.
 
     SDPA when no `pattern_fn` is given (bare-module training), explicit softmax otherwise
     (inside the bridge, so `hook_pattern` edits the output). Returns (out, attention scores).
@@ -225,13 +102,37 @@ class ShiftAttention(NativeAttention):
 
     alibi: torch.Tensor
 
-    def __init__(self, tl_cfg: TransformerBridgeConfig, cfg: ModelConfig, rotary: Optional[nn.Module]):
+    def __init__(self, tl_cfg: TransformerBridgeConfig, cfg: ModelConfig, mixers: dict[str, LagMixer],
+                 rotary: Optional[nn.Module]):
         super().__init__(tl_cfg, rotary=rotary)
-        mk = lambda on: KVShift(cfg.kv_heads, cfg.shift_window, cfg.shift_param) if on else None  # noqa: E731
-        self.k_shift = mk(cfg.shifts_k)
-        self.v_shift = mk(cfg.shifts_v)
+        self._add_mixers(cfg, mixers, ATTENTION_SLOTS)
         slopes = alibi_slopes(cfg.n_heads) if cfg.positions == "alibi" else torch.zeros(0)
         self.register_buffer("alibi", slopes)  # [head] slopes m_h; bias -m_h·(t - s)
+
+    def project(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Q, K or V of the normalised input x [batch, pos, d_model] before the post-projection mixer
+        (what `hook_q` / `hook_k` / `hook_v` hold): [batch, pos, head, d_head]."""
+        batch, seq, _ = x.shape
+        heads = self.n_heads if side == "q" else self.n_kv_heads
+        return getattr(self, side)(self.mix(f"{side}_input", x)).view(batch, seq, heads, self.d_head)
+
+    def mixed_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values after every attention mixer, before rotary: [batch, pos, head, d_head]."""
+        x = self.mix("x", x)
+        return tuple(self.mix(side, self.project(x, side)) for side in "qkv")
+
+    def lag_terms(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """`mixed_qkv(x)` of one side split by the lag of the input token each part comes from:
+        [lags, batch, pos, head, d_head], summing to it (projection biases in lag 0). No hooks fire."""
+        mixers = self.mixers()
+        terms = x[None]  # [1, batch, pos, d_model]
+        for slot in ("x", f"{side}_input"):
+            if slot in mixers:
+                terms = _lag_compose(terms, mixers[slot].lag_terms)
+        linear = _raw(getattr(self, side))
+        heads = self.n_heads if side == "q" else self.n_kv_heads
+        terms = _lag_compose(terms, lambda t: linear(t)[None]).unflatten(-1, (heads, self.d_head))
+        return _lag_compose(terms, mixers[side].lag_terms) if side in mixers else terms
 
     def score_bias(self, seq: int, device: torch.device) -> torch.Tensor:
         """Additive score bias [head or 1, q, k]: causal -inf mask plus ALiBi distance penalty."""
@@ -252,13 +153,7 @@ class ShiftAttention(NativeAttention):
         **kwargs,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         batch, seq, _ = hidden_states.shape
-        q = self.q(hidden_states).view(batch, seq, self.n_heads, self.d_head)  # [b, pos, head, d_head]
-        k = self.k(hidden_states).view(batch, seq, self.n_kv_heads, self.d_head)  # [b, pos, kv, d_head]
-        v = self.v(hidden_states).view(batch, seq, self.n_kv_heads, self.d_head)
-        if self.k_shift is not None:
-            k = self.k_shift(k)  # K̂ = α1·K + α2·shift(K)
-        if self.v_shift is not None:
-            v = self.v_shift(v)  # V̂ = β1·V + β2·shift(V)
+        q, k, v = self.mixed_qkv(hidden_states)  # [b, pos, head or kv, d_head], e.g. K̂ = α1·K + α2·shift(K)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, head, pos, d_head]
         if self.rotary is not None:
             q, k = self.rotary.apply_rope(q, k, position_ids=position_ids)
@@ -285,6 +180,64 @@ class ShiftAttention(NativeAttention):
         return out, scores
 
 
+class MixerMLP(MixerSlots, NativeMLP):
+    """`NativeMLP` with an optional mixer on its hidden pre-activation (slot mlp_hidden)."""
+
+    def __init__(self, tl_cfg: TransformerBridgeConfig, cfg: ModelConfig, mixers: dict[str, LagMixer]):
+        super().__init__(tl_cfg)
+        self._add_mixers(cfg, mixers, MLP_SLOTS)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        mid = self.act(self.mix("mlp_hidden", self.fc_in(hidden_states)))  # [b, pos, d_mlp]
+        if self.ln is not None:
+            mid = self.ln(mid)
+        return self.fc_out(mid)
+
+
+class MixerGatedMLP(MixerSlots, NativeGatedMLP):
+    """`NativeGatedMLP` (SwiGLU) with an optional mixer on the concatenated gate and up projections."""
+
+    def __init__(self, tl_cfg: TransformerBridgeConfig, cfg: ModelConfig, mixers: dict[str, LagMixer]):
+        super().__init__(tl_cfg)
+        self._add_mixers(cfg, mixers, MLP_SLOTS)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        gate, up = self.gate(hidden_states), getattr(self, "in")(hidden_states)  # [b, pos, d_mlp] each
+        if "mlp_hidden" in self.mixer_names:
+            gate, up = self.mix("mlp_hidden", torch.cat([gate, up], dim=-1)).chunk(2, dim=-1)
+        return self.out(self.act(gate) * up)
+
+
+class MixerBlock(MixerSlots, NativeBlock):
+    """`NativeBlock` whose parts carry the mixer's slots (attention, MLP input, MLP hidden)."""
+
+    def __init__(self, native_cfg: TransformerBridgeConfig, tl_cfg: TransformerBridgeConfig, cfg: ModelConfig,
+                 mixers: dict[str, LagMixer], rotary: Optional[nn.Module]):
+        super().__init__(native_cfg, rotary=rotary)
+        self.attn = MixerAttention(tl_cfg, cfg, mixers, rotary)
+        if not cfg.attn_only:
+            self.mlp = (MixerGatedMLP if cfg.mlp == "swiglu" else MixerMLP)(tl_cfg, cfg, mixers)
+        self._add_mixers(cfg, mixers, BLOCK_SLOTS)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor]:
+        attn_out, _ = self.attn(self.ln1(hidden_states), attention_mask=attention_mask, position_ids=position_ids)
+        hidden_states = hidden_states + attn_out
+        if not self.cfg.attn_only:
+            hidden_states = hidden_states + self.mlp(self.mix("mlp_in", self.ln2(hidden_states)))
+        return (hidden_states,)
+
+    def all_mixers(self) -> dict[str, LagMixer]:
+        """slot -> bare mixer module, over the attention, the block and the MLP."""
+        parts = [_raw(self.attn), self] + ([] if self.cfg.attn_only else [_raw(self.mlp)])
+        return {slot: m for part in parts for slot, m in part.mixers().items()}
+
+
 def build_module(cfg: ModelConfig) -> NativeModel:
     """The bare (hook-free, SDPA) model: what the trainer optimises and checkpoints store."""
     tl_cfg = cfg.tl_config()
@@ -294,8 +247,16 @@ def build_module(cfg: ModelConfig) -> NativeModel:
     model = NativeModel(native_cfg)
     if cfg.positions == "alibi":
         model.pos = None  # no absolute positions either
-    for block in model.layers:
-        block.attn = ShiftAttention(tl_cfg, cfg, rotary=model.rotary)
+    for layer in range(cfg.n_layers):
+        mixers = cfg.mixer.build(cfg, layer)
+        unknown = sorted(set(mixers) - set(SLOTS))
+        if unknown:
+            raise TypeError(f"mixer {cfg.mixer.name!r} built modules for unknown slot(s) {unknown}; slots: {list(SLOTS)}")
+        model.layers[layer] = block = MixerBlock(native_cfg, tl_cfg, cfg, mixers, rotary=model.rotary)
+        unplaced = sorted(set(mixers) - set(block.all_mixers()))
+        if unplaced:
+            raise ConfigError(f"model.mixer={cfg.mixer.name!r} has modules for MLP slot(s) {unplaced} but "
+                              f"model.attn_only=true; set model.attn_only=false")
     model.cfg = tl_cfg
     object.__setattr__(model, "kv_cfg", cfg)
     init_weights(model, cfg)
@@ -306,16 +267,18 @@ def build_module(cfg: ModelConfig) -> NativeModel:
 def init_weights(model: NativeModel, cfg: ModelConfig) -> None:
     """Seeded init: every matrix N(0, std), std = 0.8/sqrt(d_model) (legacy HookedTransformer
     scale), biases 0, norm gains 1; output projections optionally scaled by 1/sqrt(2·n_layers)
-    (TL4's native default). α/β get their own generator, so vanilla and KV-shift models built
-    from one seed share every other weight.
+    (TL4's native default). Mixer modules get their own generator (`LagMixer.reset_parameters`),
+    so models with different mixers built from one seed share every other weight.
     """
     std = cfg.init_std if cfg.init_std is not None else 0.8 / math.sqrt(cfg.d_model)
     out_std = std / math.sqrt(2 * cfg.n_layers) if cfg.residual_scale else std
+    mixers = [m for m in model.modules() if isinstance(m, LagMixer)]
+    mixer_params = {id(p) for m in mixers for p in m.parameters()}
     g = torch.Generator().manual_seed(cfg.seed)
     for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if "_shift." in name:
+        if id(p) in mixer_params:
             continue
+        leaf = name.rsplit(".", 1)[-1]
         if leaf == "bias":
             p.zero_()
         elif p.dim() == 1:  # norm gains
@@ -324,27 +287,35 @@ def init_weights(model: NativeModel, cfg: ModelConfig) -> None:
             is_out = name.endswith(("attn.o.weight", "mlp.fc_out.weight", "mlp.out.weight"))
             p.copy_(torch.randn(p.shape, generator=g) * (out_std if is_out else std))
     g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    for module in model.modules():
-        if isinstance(module, KVShift):
-            module.reset_coefficients(g)
+    for module in mixers:
+        module.reset_parameters(g)
 
 
-def _add_shift_components(cfg: ModelConfig) -> Callable[[ArchitectureAdapter], None]:
-    """Adapter overlay: map the K/V shift modules and the ALiBi-free positional layout."""
+def no_weight_decay_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters every mixer module excludes from weight decay."""
+    return {id(p) for m in model.modules() if isinstance(m, LagMixer) for p in m.no_weight_decay()}
+
+
+def _add_mixer_components(cfg: ModelConfig, block: MixerBlock) -> Callable[[ArchitectureAdapter], None]:
+    """Adapter overlay: map every mixer module as a component with its hook alias, and the
+    ALiBi-free positional layout. Names come from `block` (all blocks carry the same slots)."""
 
     def hook(adapter: ArchitectureAdapter) -> None:
         mapping = adapter.component_mapping
         if cfg.positions == "alibi":
             mapping.pop("pos_embed", None)
-        attn = mapping["blocks"].submodules["attn"]
-        block = mapping["blocks"]
-        block.hook_aliases = dict(block.hook_aliases)
-        attn.hook_aliases = dict(attn.hook_aliases)
-        for which, on in (("k", cfg.shifts_k), ("v", cfg.shifts_v)):
-            if on:
-                attn.submodules[f"{which}_shift"] = GeneralizedComponent(name=f"{which}_shift")
-                attn.hook_aliases[f"hook_{which}_shifted"] = f"{which}_shift.hook_out"
-                block.hook_aliases[f"hook_{which}_shifted"] = f"attn.{which}_shift.hook_out"
+        blocks = mapping["blocks"]
+        parts = {"attn": (blocks.submodules["attn"], block.attn.mixer_names), "": (blocks, block.mixer_names)}
+        if not cfg.attn_only:
+            parts["mlp"] = (blocks.submodules["mlp"], block.mlp.mixer_names)
+        blocks.hook_aliases = dict(blocks.hook_aliases)
+        for path, (component, names) in parts.items():
+            component.hook_aliases = dict(component.hook_aliases)
+            for slot, name in names.items():
+                hook_name = cfg.mixer.hook_name(slot)
+                component.submodules[name] = GeneralizedComponent(name=name)
+                component.hook_aliases[hook_name] = f"{name}.hook_out"
+                blocks.hook_aliases[hook_name] = f"{path}.{name}.hook_out" if path else f"{name}.hook_out"
 
     return hook
 
@@ -358,14 +329,14 @@ def to_bridge(module: NativeModel) -> TransformerBridge:
         architecture="TransformerLensNative",
         tl_config=cfg.tl_config(),
         model_name=f"kvshift_lens-{cfg.arch}-{cfg.n_layers}L",
-        post_adapter_hook=_add_shift_components(cfg),
+        post_adapter_hook=_add_mixer_components(cfg, module.layers[0]),
     )
     object.__setattr__(bridge, "kv_cfg", cfg)
     return bridge.eval()  # analysis mode: TL's patching refuses training-mode models
 
 
 def build_model(cfg: ModelConfig) -> TransformerBridge:
-    """A seeded vanilla or KV-shift model as a TransformerLens `TransformerBridge`."""
+    """A seeded model with `cfg.mixer` as a TransformerLens `TransformerBridge`."""
     return to_bridge(build_module(cfg))
 
 
@@ -386,9 +357,14 @@ def bare_module(model: Model) -> NativeModel:
     return model.original_model if isinstance(model, TransformerBridge) else model
 
 
-def attention_layers(model: Model) -> list[ShiftAttention]:
-    """The `ShiftAttention` module of every layer, in layer order."""
-    return [m for m in bare_module(model).modules() if isinstance(m, ShiftAttention)]
+def blocks(model: Model) -> list[MixerBlock]:
+    """The bare `MixerBlock` of every layer, in layer order."""
+    return [m for m in bare_module(model).modules() if isinstance(m, MixerBlock)]
+
+
+def attention_layers(model: Model) -> list[MixerAttention]:
+    """The `MixerAttention` module of every layer, in layer order."""
+    return [m for m in bare_module(model).modules() if isinstance(m, MixerAttention)]
 
 
 def bare_state_dict(model: Model) -> dict[str, torch.Tensor]:
@@ -413,30 +389,55 @@ def bare_state_dict(model: Model) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def constrain_(model: Model) -> None:
-    """Project every shift's raw parameters onto its constraint set (after optimizer steps)."""
+    """Project every mixer's parameters onto its constraint set (after optimizer steps)."""
     for m in bare_module(model).modules():
-        if isinstance(m, KVShift):
+        if isinstance(m, LagMixer):
             m.project_()
 
 
-def shift_coefficients(model: Model) -> pd.DataFrame:
-    """One row per (layer, KV head): alpha1..alpha{w+1}, beta1..beta{w+1} as the forward uses them.
+MIXER_COEFFICIENT_COLUMNS = ["layer", "slot", "head", "channel", "lag", "value"]
 
-    An unshifted K or V (shift="v" / "k") reports its identity coefficients (1, 0, ...);
-    vanilla models give an empty frame with the same columns.
+
+def mixer_coefficients(model: Model) -> pd.DataFrame:
+    """Every mixer's effective lag coefficients as the forward uses them (residual identity included):
+    one row per (layer, slot, head, channel, lag). Slots q/k/v have a head; per-head coefficients have
+    channel -1; slots on d_model or MLP features have head -1. Empty (same columns) without a mixer."""
+    frames = []
+    for layer, block in enumerate(blocks(model)):
+        for slot, mixer in block.all_mixers().items():
+            with torch.no_grad():
+                c = mixer.lag_coefficients().detach().cpu().float().numpy()  # [lags, *feature]
+            per_head = c.ndim == 3  # [lags, head, 1 or d_head] on q/k/v; [lags, channel] elsewhere
+            c = c if per_head else c[:, None, :]
+            lag, head, channel = np.meshgrid(*(np.arange(n) for n in c.shape), indexing="ij")
+            frames.append(pd.DataFrame({
+                "layer": layer, "slot": slot,
+                "head": head.ravel() if per_head else -1,
+                "channel": -1 if per_head and c.shape[2] == 1 else channel.ravel(),
+                "lag": lag.ravel(), "value": c.ravel(),
+            }))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MIXER_COEFFICIENT_COLUMNS)
+
+
+def shift_coefficients(model: Model) -> pd.DataFrame:
+    """One row per (layer, KV head) of a model whose mixer is `KVShift` modules on K and/or V
+    (kv_shift, smeared_key): alpha1..alpha{w+1}, beta1..beta{w+1} as the forward uses them.
+
+    An unshifted K or V reports its identity coefficients (1, 0, ...); a model without KV-shift
+    modules (vanilla, other mixers: see `mixer_coefficients`) gives an empty frame.
     """
     cfg = model_config(model)
-    width = cfg.shift_window + 1
+    shifts = [{s: m for s, m in b.all_mixers().items() if isinstance(m, KVShift) and s in ("k", "v")} for b in blocks(model)]
+    width = max((m.window + 1 for layer in shifts for m in layer.values()), default=2)
     cols = ["layer", "head"] + [f"{n}{j + 1}" for n in ("alpha", "beta") for j in range(width)]
-    if cfg.arch == "vanilla":
+    if not any(shifts):
         return pd.DataFrame(columns=cols)
     identity = torch.zeros(cfg.kv_heads, width)
     identity[:, 0] = 1.0
     rows = []
-    for layer, attn in enumerate(attention_layers(model)):
+    for layer, found in enumerate(shifts):
         with torch.no_grad():
-            ca = attn.k_shift.coefficients().cpu() if attn.k_shift is not None else identity
-            cb = attn.v_shift.coefficients().cpu() if attn.v_shift is not None else identity
+            ca, cb = (found[s].coefficients().cpu() if s in found else identity for s in "kv")
         for h in range(cfg.kv_heads):
             rows.append([layer, h, *ca[h].tolist(), *cb[h].tolist()])
     return pd.DataFrame(rows, columns=cols)

@@ -13,6 +13,7 @@ succeeds at no width tried.
 
 from __future__ import annotations
 
+import json
 import math
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -25,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from kvshift_lens.analysis import unflatten  # noqa: E402
 from kvshift_lens.models import ModelConfig, build_module  # noqa: E402
 
 THRESHOLD = 0.9
@@ -39,8 +41,8 @@ _RENAME = {"model.arch": "arch", "model.n_layers": "n_layers", "model.d_model": 
 
 
 @lru_cache(maxsize=None)
-def _param_counts(items: tuple) -> tuple[int, int]:
-    module = build_module(ModelConfig.from_dict(dict(items)))
+def _param_counts(config_json: str) -> tuple[int, int]:
+    module = build_module(ModelConfig.from_dict(json.loads(config_json)))
     total = sum(p.numel() for p in module.parameters())
     embed = sum(p.numel() for n, p in module.named_parameters() if n.split(".")[0] in EMBEDDING_MODULES)
     return total, total - embed
@@ -48,7 +50,16 @@ def _param_counts(items: tuple) -> tuple[int, int]:
 
 def param_counts(model: dict) -> tuple[int, int]:
     """(all parameters, parameters outside token/position embeddings and the unembedding) of a model config."""
-    return _param_counts(tuple(sorted(model.items())))
+    return _param_counts(json.dumps(model, sort_keys=True))
+
+
+def _model_from_columns(row: dict) -> dict:
+    """The nested model config of a `load_summaries` row's `model.*` columns: the derived `model.arch` and
+    options a run's mixer lacks (NaN in a mixed sweep) dropped, integral floats back to int."""
+    values = {k[len("model."):]: v for k, v in row.items() if k.startswith("model.") and k != "model.arch"}
+    clean = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()
+             if not (isinstance(v, float) and math.isnan(v))}
+    return unflatten(clean)
 
 
 def tidy(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -60,8 +71,7 @@ def tidy(summaries: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=TIDY_COLUMNS)
     df = summaries.rename(columns=_RENAME).copy()
     model_cols = [c for c in summaries.columns if c.startswith("model.")]
-    counts = [param_counts({c[len("model."):]: v for c, v in row.items()})
-              for row in summaries[model_cols].to_dict("records")]
+    counts = [param_counts(_model_from_columns(row)) for row in summaries[model_cols].to_dict("records")]
     df["n_params"] = [c[0] for c in counts]
     df["n_params_non_embedding"] = [c[1] for c in counts]
     df["steps_to_90"] = pd.to_numeric(df["steps_to_90"], errors="coerce").astype("Int64")
@@ -320,13 +330,15 @@ def paired_sign_test(df: pd.DataFrame, a: tuple[str, int], b: tuple[str, int],
 
 
 def in_grid(raw: pd.DataFrame, grids: Sequence[dict]) -> pd.Series:
-    """Rows of a `load_summaries` frame inside at least one sweeper grid ({"model.arch": "vanilla,kvshift", ...})."""
+    """Rows of a `load_summaries` frame inside at least one sweeper grid ({"model/mixer": "none,kv_shift", ...});
+    a config-group key such as `model/mixer` matches the chosen option's name column (`model.mixer.name`)."""
     keep = pd.Series(False, index=raw.index)
     for grid in grids:
         ok = pd.Series(True, index=raw.index)
         for key, values in grid.items():
             allowed = {str(v).strip() for v in str(values).split(",")}
-            ok &= raw[key].astype(str).isin(allowed)
+            column = key.replace("/", ".") + ".name" if "/" in key else key
+            ok &= raw[column].astype(str).isin(allowed)
         keep |= ok
     return keep
 

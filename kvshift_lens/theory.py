@@ -95,8 +95,8 @@ def attention_output(
 def _theory_config(arch: str, n_layers: int, d_model: int, n_ctx: int) -> ModelConfig:
     """One head per layer, attention only, no norms, ALiBi: the setting of Theorems 1-2."""
     return ModelConfig(
-        arch=arch, n_layers=n_layers, n_heads=1, d_model=d_model, d_vocab=d_model, n_ctx=n_ctx,
-        attn_only=True, norm="none", positions="alibi", shift="kv", shift_param="free", shift_window=1,
+        mixer={"name": "kv_shift" if arch == "kvshift" else "none"}, n_layers=n_layers, n_heads=1, d_model=d_model,
+        d_vocab=d_model, n_ctx=n_ctx, attn_only=True, norm="none", positions="alibi",
     )
 
 

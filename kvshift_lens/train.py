@@ -23,8 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kvshift_lens.models import ConfigError, ModelConfig, build_module, constrain_, save_model
-from kvshift_lens.tasks import Batch, TaskConfig, make_task
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters, save_model
+from kvshift_lens.tasks import Batch, TaskConfig, make_task, task_config
+from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
 RESUME_FILE = "resume.pt"
@@ -40,7 +43,7 @@ class TrainConfig:
     warmup: int = 50  # linear warmup steps
     schedule: str = "constant"  # after warmup: "constant" | "cosine" (to min_lr_ratio·lr)
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, shift coefficients)
+    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, mixer coefficients)
     beta1: float = 0.9  # AdamW β1 (paper 0.9)
     beta2: float = 0.95  # AdamW β2 (paper 0.95)
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -146,14 +149,16 @@ def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str) ->
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices, not on biases, norm gains or shift coefficients.
+    """AdamW; weight decay only on matrices, not on biases, norm gains or what each mixer module lists in
+    `no_weight_decay()` (its mixing coefficients).
 
     `foreach=True`: one multi-tensor kernel per update instead of a Python loop over parameters; on CPU
     it is bit-identical to the loop (pinned by a test) and ~20 % faster per step for the smallest models.
     """
+    skip = no_weight_decay_parameters(model)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.dim() < 2 or "_shift." in name else decay).append(p)
+    for p in model.parameters():
+        (no_decay if p.dim() < 2 or id(p) in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
 
@@ -189,6 +194,20 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def same_run(stored: Optional[str], identity: dict) -> bool:
+    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, reading configs
+    written before the mixer/task registries (flat `arch`/`shift*` model fields, every task's knobs)."""
+    if stored == json.dumps(identity, sort_keys=True):
+        return True
+    try:
+        old = json.loads(stored)
+        old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
+        old["task"] = dataclasses.asdict(task_config(upgrade_task(old["task"])))
+    except (TypeError, ValueError, KeyError):  # ConfigError and JSONDecodeError are ValueErrors
+        return False
+    return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True)
 
 
 def load_resume(path: Path) -> dict:
@@ -243,7 +262,7 @@ def train(
     step, train_seconds, rows, recent = 0, 0.0, [], []
     if resume_path.exists():
         state = load_resume(resume_path)
-        if state.get("config") != json.dumps(identity, sort_keys=True):
+        if not same_run(state.get("config"), identity):
             raise ConfigError(f"{run_dir} holds a run with a different config; resume it with its own "
                               f"config, or pick a fresh run directory (hydra.run.dir=...)")
         model.load_state_dict(state["model"])

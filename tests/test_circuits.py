@@ -1,4 +1,5 @@
-"""KV-shift path decomposition and mechanism classification on hand-built models."""
+"""Lag decomposition of heads and mechanism classification on hand-built models (KV shift and vanilla);
+the other mixers are covered in tests/test_mixers.py."""
 
 import math
 
@@ -12,9 +13,9 @@ from kvshift_lens.models import ModelConfig, build_model, build_module, to_bridg
 
 CONFIGS = {
     "learned-kv": dict(),
-    "rotary-gqa-window2": dict(positions="rotary", n_kv_heads=2, shift_window=2),
-    "alibi-k-rmsnorm": dict(positions="alibi", shift="k", norm="rmsnorm", shift_param="gate"),
-    "vanilla-2layer": dict(arch="vanilla", n_layers=2),
+    "rotary-gqa-window2": dict(positions="rotary", n_kv_heads=2, mixer=dict(name="kv_shift", window=2)),
+    "alibi-k-rmsnorm": dict(positions="alibi", norm="rmsnorm", mixer=dict(name="kv_shift", sides="k", param="gate")),
+    "vanilla-2layer": dict(mixer="none", n_layers=2),
 }
 
 
@@ -26,54 +27,52 @@ def test_lag_terms_sum_exactly_to_the_attention_logits_and_outputs(overrides):
     _, cache = model.run_with_cache(tokens)
     for layer in range(cfg.n_layers):
         terms, bias = logit_terms(model, cache, layer)
-        assert terms.shape[0] == cfg.shift_window + 1
+        assert terms.shape[0] == (cfg.mixer.window + 1 if cfg.arch == "kvshift" else 1)
         torch.testing.assert_close(terms.sum(0) + bias, cache[f"blocks.{layer}.attn.hook_attn_scores"])
         outs = output_terms(model, cache, layer)  # [lag, batch, pos, head, d_model]
         torch.testing.assert_close(outs.sum((0, 3)) + model.b_O[layer], cache[f"blocks.{layer}.hook_attn_out"])
-        if cfg.arch == "vanilla":  # no shift: every lagged term is exactly zero
-            assert terms[1:].abs().max() == 0 and outs[1:].abs().max() == 0
 
 
-def test_theorem2_head_is_shift_mediated_with_all_margin_from_alpha2_and_answer_from_beta1():
+def test_theorem2_head_is_mixer_mediated_with_all_margin_from_alpha2_and_answer_from_beta1():
     row = classify_heads(theorem2_model(), distinct_repeat(10, 32, batch=8)).iloc[0]
-    assert row.mechanism == "shift-mediated" and row.is_induction
-    assert row.alpha2_fraction == pytest.approx(1.0) and row.beta1_fraction == pytest.approx(1.0)
+    assert row.mechanism == "mixer-mediated" and row.is_induction
+    assert row.prev_key_fraction == pytest.approx(1.0) and row.own_value_fraction == pytest.approx(1.0)
     assert row.target_logit_margin > 10 and row.answer_logit > 5
 
 
 def test_unshifted_keys_make_the_theorem2_head_a_duplicate_head_not_an_induction_head():
     row = classify_heads(theorem2_model(alpha=(1.0, 0.0)), distinct_repeat(10, 32, batch=8)).iloc[0]
     assert not row.is_induction and row.mechanism == "none"
-    assert row.target_logit_margin < 0 and math.isnan(row.alpha2_fraction)  # the target is not favoured
+    assert row.target_logit_margin < 0 and math.isnan(row.prev_key_fraction)  # the target is not favoured
 
 
-def test_induction_attention_that_copies_the_shifted_value_is_not_shift_mediated():
+def test_induction_attention_that_copies_the_shifted_value_is_not_mixer_mediated():
     paths = path_fractions(theorem2_model(beta=(0.0, 1.0)), distinct_repeat(10, 32, batch=8)).iloc[0]
-    assert paths.alpha2_fraction == pytest.approx(1.0)
-    assert paths.answer_logit <= 0 and not paths.beta1_fraction >= 0.5  # the value is x_t's, not the answer's
+    assert paths.prev_key_fraction == pytest.approx(1.0)
+    assert paths.answer_logit <= 0 and not paths.own_value_fraction >= 0.5  # the value is x_t's, not the answer's
     row = classify_heads(theorem2_model(beta=(0.0, 1.0)), distinct_repeat(10, 32, batch=8)).iloc[0]
     assert row.is_induction and row.mechanism == "none"
 
 
-def test_beta1_fraction_is_the_lag0_share_of_the_centred_answer_logit():
+def test_own_value_fraction_is_beta1s_lag0_share_of_the_centred_answer_logit():
     # β2 copies x_t's own value: its centred answer logit is -β2/V of the copy strength, against β1(1 - 1/V)
     paths = path_fractions(theorem2_model(beta=(0.7, 0.3)), distinct_repeat(10, 32, batch=8)).iloc[0]
     own, shifted = 0.7 * (1 - 1 / 32), -0.3 / 32
-    assert paths.beta1_fraction == pytest.approx(own / (own + shifted), abs=2e-3)
+    assert paths.own_value_fraction == pytest.approx(own / (own + shifted), abs=2e-3)
 
 
-def test_alpha2_fraction_is_the_shifted_share_of_the_summed_target_margin():
+def test_prev_key_fraction_is_alpha2s_share_of_the_summed_target_margin():
     # α1 = 0.3 makes x_t's own key match at s = t - L and s = t, costing 0.3·2/t of the margin on row t
     paths = path_fractions(theorem2_model(alpha=(0.3, 0.7)), distinct_repeat(10, 32, batch=8)).iloc[0]
     rows = range(11, 20)  # scored second-copy rows of L = 10, T = 21
     expected = 0.7 * len(rows) / sum(0.7 - 0.3 * 2 / t for t in rows)
-    assert paths.alpha2_fraction == pytest.approx(expected, rel=1e-4)
+    assert paths.prev_key_fraction == pytest.approx(expected, rel=1e-4)
 
 
 def two_layer_induction_model(d_vocab=16, d_model=40, n_ctx=21):
     """Hand-built vanilla induction circuit: L0H0 (pattern forced to previous-token by the test)
     writes x_{t-1} into subspace B; L1H0's query reads x_t from A, its key reads B, its value A."""
-    cfg = ModelConfig(arch="vanilla", n_layers=2, n_heads=1, d_model=d_model, d_vocab=d_vocab, n_ctx=n_ctx)
+    cfg = ModelConfig(mixer="none", n_layers=2, n_heads=1, d_model=d_model, d_vocab=d_vocab, n_ctx=n_ctx)
     module = build_module(cfg)
     raw = torch.randn(d_model, 2 * d_vocab, generator=torch.Generator().manual_seed(0))
     basis = torch.linalg.qr(raw - raw.mean(0)).Q.T  # [2·vocab, d_model] orthonormal, zero-mean rows
@@ -112,6 +111,6 @@ def test_induction_attention_that_ignores_the_key_path_is_not_composition_mediat
 
 
 def test_composition_baseline_is_the_chance_level_of_a_random_models_k_composition():
-    model = build_model(ModelConfig(arch="vanilla", n_layers=2, n_heads=4, d_model=32, d_vocab=20))
+    model = build_model(ModelConfig(mixer="none", n_layers=2, n_heads=4, d_model=32, d_vocab=20))
     scores = model.all_composition_scores("K").scores[0, :, 1, :]  # layer 0 -> layer 1 head pairs
     assert scores.mean().item() == pytest.approx(composition_baseline(model), rel=0.25)

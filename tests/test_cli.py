@@ -39,8 +39,10 @@ def test_rerunning_the_same_command_resumes_instead_of_restarting(tmp_path):
 
 @pytest.mark.parametrize("override,field", [
     ("model.n_heads=4 model.d_model=30", "d_model"),
-    ("model.arch=transformer", "model.arch"),
-    ("model.shift_window=0", "model.shift_window"),
+    ("model.mixer=transformer", "model.mixer"),
+    ("model.mixer.window=0", "model.mixer.window"),
+    ("model/mixer=canon model.mixer.positions=AC", "model.mixer.positions"),
+    ("task=mqar task.num_kv_pairs=40", "task.seq_len"),
     ("train.steps=0", "train.steps"),
     ("model.n_ctx=8", "n_ctx"),
     ("task.name=copying", "task.name"),

@@ -51,7 +51,7 @@ def previous_pattern(seq: int) -> torch.Tensor:
 def theorem2_model(alpha=(0.0, 1.0), beta=(1.0, 0.0), d_vocab=32, d_model=48, n_ctx=21):
     """Xu et al. Theorem 2 by hand: one KV-shift head whose query (token x_t) matches the shifted key
     α2·K_{s-1} of the token after x_t's earlier occurrence and copies that token's own value (β1)."""
-    cfg = ModelConfig(arch="kvshift", n_layers=1, n_heads=1, d_model=d_model, d_vocab=d_vocab, n_ctx=n_ctx)
+    cfg = ModelConfig(mixer="kv_shift", n_layers=1, n_heads=1, d_model=d_model, d_vocab=d_vocab, n_ctx=n_ctx)
     module = build_module(cfg)
     raw = torch.randn(d_model, d_vocab, generator=torch.Generator().manual_seed(0))
     embed = torch.linalg.qr(raw - raw.mean(0)).Q.T  # [vocab, d_model]: orthonormal, zero-mean rows
@@ -195,7 +195,7 @@ def force_patterns(model, forced: dict[tuple[int, int], torch.Tensor]):
 
 
 def test_head_scores_reads_forced_patterns_from_a_real_model_as_tidy_rows():
-    cfg = ModelConfig(arch="kvshift", n_layers=2, n_heads=2, d_model=32, d_vocab=20, n_ctx=21)
+    cfg = ModelConfig(mixer="kv_shift", n_layers=2, n_heads=2, d_model=32, d_vocab=20, n_ctx=21)
     model = build_model(cfg)
     with force_patterns(model, {(1, 0): induction_pattern(21, 10), (0, 1): previous_pattern(21)}):
         df = head_scores(model, batch_size=4)
@@ -222,7 +222,7 @@ def test_theorem2_head_is_an_induction_head_that_copies_and_whose_ablation_break
 
 
 def test_joint_ablation_of_one_head_matches_the_per_head_ablation_and_of_none_changes_nothing():
-    model = build_model(ModelConfig(arch="kvshift", n_layers=2, d_model=16, n_heads=2, d_vocab=16, n_ctx=21, seed=3))
+    model = build_model(ModelConfig(mixer="kv_shift", n_layers=2, d_model=16, n_heads=2, d_vocab=16, n_ctx=21, seed=3))
     tokens = repeated_tokens(8, 10, 16, torch.Generator().manual_seed(0))
     mask = scored_mask(tokens, 10)
     drops = ablation_drop(model, tokens, mask).set_index(["metric", "layer", "head"]).value

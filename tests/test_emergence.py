@@ -18,7 +18,7 @@ from kvshift_lens.analysis import load_heads
 from kvshift_lens.emergence import (CHEAP_METRICS, HEADS_COLUMNS, analyze_run, detect_run, emergence_step,
                                     phase_change_step, run_checkpoints)
 from kvshift_lens.models import ModelConfig
-from kvshift_lens.tasks import TaskConfig
+from kvshift_lens.tasks import task_config
 from kvshift_lens.train import TrainConfig, train
 
 matplotlib.use("Agg")
@@ -35,9 +35,9 @@ def runs(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sweep")
     for arch in ("kvshift", "vanilla"):
-        model = ModelConfig(arch=arch, d_model=16, n_heads=N_HEADS, d_vocab=16, n_ctx=16)
+        model = ModelConfig(mixer={"kvshift": "kv_shift", "vanilla": "none"}[arch], d_model=16, n_heads=N_HEADS, d_vocab=16, n_ctx=16)
         cfg = TrainConfig(steps=30, eval_every=10, eval_size=16, batch_size=8, n_checkpoints=4, threads=1)
-        train(model, TaskConfig(d_vocab=16, seq_len=16), cfg, root / arch, progress=False)
+        train(model, task_config("induction", d_vocab=16, seq_len=16), cfg, root / arch, progress=False)
         analyze_run(root / arch, batch_size=4)
     return root
 

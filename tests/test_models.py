@@ -1,19 +1,23 @@
-"""Tests for kvshift_lens.models: vanilla vs KV-shift attention (Xu et al., arXiv 2411.19574).
+"""Tests for kvshift_lens.models with the kv_shift mixer vs vanilla (Xu et al., arXiv 2411.19574).
 
 Every numeric claim is checked against real numbers: a from-scratch plain-torch forward with
 explicit loops (Eq. 5), causality of every variant on both forward paths (bare SDPA and bridge
 explicit softmax), the parameterisations' constraints, the safetensors round trip, hooks and
 TransformerLens' own tools. Models are tiny (d_model 16) so the file runs in well under a minute.
+The other mixers are tested in tests/test_mixers.py. Case tables here use the flat legacy keys
+(arch, shift, shift_param, shift_window), which `ModelConfig.from_dict` reads as the kv_shift mixer.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import itertools
 import json
 import math
 import pickle
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -25,9 +29,9 @@ from transformer_lens import patching, utilities
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from kvshift_lens import models as M
+from kvshift_lens.mixers.kv_shift import KVShift
 from kvshift_lens.models import (
     ConfigError,
-    KVShift,
     ModelConfig,
     bare_module,
     bare_state_dict,
@@ -59,9 +63,20 @@ def _one_torch_thread():
 
 
 def make_cfg(**kw) -> ModelConfig:
+    """A tiny config; kw may use the legacy flat KV-shift keys (see the module docstring)."""
     base = dict(d_model=16, n_heads=2, d_vocab=D_VOCAB, n_ctx=N_CTX, seed=0)
     base.update(kw)
-    return ModelConfig(**base)
+    return ModelConfig.from_dict(base)
+
+
+def window(cfg: ModelConfig) -> int:
+    """The shift window of a kv_shift model (1 for vanilla: the identity coefficients (1, 0))."""
+    return cfg.mixer.window if cfg.arch == "kvshift" else 1
+
+
+def sides(cfg: ModelConfig) -> str:
+    """Which of K, V a kv_shift model shifts ("" for vanilla)."""
+    return cfg.mixer.sides if cfg.arch == "kvshift" else ""
 
 
 def make_tokens(batch: int = 2, seq: int = SEQ, seed: int = 0) -> torch.Tensor:
@@ -99,7 +114,7 @@ def coeff_matrices(model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """α [kv_heads, w+1] and β [kv_heads, w+1] of one layer, read via `shift_coefficients`
     (identity for vanilla)."""
     cfg = model_config(model)
-    width = cfg.shift_window + 1
+    width = window(cfg) + 1
     if cfg.arch == "vanilla":
         eye = torch.zeros(cfg.kv_heads, width, dtype=torch.float64)
         eye[:, 0] = 1.0
@@ -304,7 +319,7 @@ def with_explicit_softmax(bare):
     (an identity `pattern_fn`), without the cost of building a bridge."""
     bare = copy.deepcopy(bare)
     for attn in M.attention_layers(bare):
-        attn.forward = functools.partial(M.ShiftAttention.forward, attn, pattern_fn=lambda p: p)
+        attn.forward = functools.partial(M.MixerAttention.forward, attn, pattern_fn=lambda p: p)
     return bare
 
 
@@ -483,7 +498,7 @@ def test_free_init_is_a_convex_mix_with_alpha1_in_unit_interval(window):
 def test_init_alpha1_is_uniform_on_unit_interval():
     """α1 ~ U(0,1): 4000 heads' draws have mean ≈ 1/2 and quartiles ≈ 1/4, 1/2, 3/4."""
     m = KVShift(n_heads=4000, window=1, param="free")
-    m.reset_coefficients(torch.Generator().manual_seed(0))
+    m.reset_parameters(torch.Generator().manual_seed(0))
     a1 = m.coefficients().detach()[:, 0]
     torch.testing.assert_close(m.coefficients().detach().sum(-1), torch.ones(4000), atol=1e-6, rtol=0)
     assert abs(a1.mean().item() - 0.5) < 0.02
@@ -491,7 +506,7 @@ def test_init_alpha1_is_uniform_on_unit_interval():
         assert abs(torch.quantile(a1, qq).item() - qq) < 0.03
     # the gate parameterisation starts from the same coefficients for the same generator
     gate = KVShift(n_heads=4000, window=1, param="gate")
-    gate.reset_coefficients(torch.Generator().manual_seed(0))
+    gate.reset_parameters(torch.Generator().manual_seed(0))
     torch.testing.assert_close(gate.coefficients().detach(), m.coefficients().detach(), atol=1e-5, rtol=1e-5)
 
 
@@ -714,7 +729,7 @@ def test_bare_sdpa_and_bridge_paths_agree_in_outputs_and_gradients(kw):
         assert g is not None and g_bridge[n] is not None, n
         torch.testing.assert_close(g_bridge[n], g, atol=1e-5, rtol=1e-4, msg=n)
     shift_grads = [g for n, g in g_bare.items() if "_shift." in n]
-    assert len(shift_grads) == (0 if cfg.arch == "vanilla" else cfg.n_layers * (cfg.shifts_k + cfg.shifts_v))
+    assert len(shift_grads) == cfg.n_layers * len(sides(cfg))
     assert all(g.abs().sum() > 0 for g in shift_grads)  # α/β really receive gradient
 
 
@@ -991,9 +1006,6 @@ def test_indivisible_d_model_names_d_model_and_n_heads():
 @pytest.mark.parametrize(
     "field,value,allowed",
     [
-        ("arch", "mamba", ["vanilla", "kvshift"]),
-        ("shift", "q", ["kv", "k", "v"]),
-        ("shift_param", "softmax", ["free", "gate", "clamp01"]),
         ("positions", "sinusoidal", ["learned", "rotary", "alibi"]),
         ("norm", "batchnorm", ["layernorm", "rmsnorm", "none"]),
         ("mlp", "relu", ["gelu", "swiglu"]),
@@ -1008,9 +1020,36 @@ def test_unknown_choice_lists_allowed_values(field, value, allowed):
 
 
 @pytest.mark.parametrize(
+    "mixer,field,allowed",
+    [
+        ("mamba", "model.mixer.name", ["none", "kv_shift", "canon", "token_shift"]),
+        (dict(name="kv_shift", sides="q"), "model.mixer.sides", ["kv", "k", "v"]),
+        (dict(name="kv_shift", param="softmax"), "model.mixer.param", ["free", "gate", "clamp01"]),
+    ],
+)
+def test_unknown_mixer_choice_lists_allowed_values(mixer, field, allowed):
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(mixer=mixer)
+    msg = str(e.value)
+    assert field in msg and all(a in msg for a in allowed), msg
+
+
+def test_legacy_flat_configs_read_as_the_same_kv_shift_or_vanilla_model():
+    legacy = dict(d_model=16, n_heads=2, arch="kvshift", shift="k", shift_param="gate", shift_window=2)
+    new = ModelConfig(d_model=16, n_heads=2, mixer=dict(name="kv_shift", sides="k", param="gate", window=2))
+    assert ModelConfig.from_dict(legacy) == new and new.arch == "kvshift"
+    assert ModelConfig.from_dict(dict(arch="vanilla", shift="kv")) == ModelConfig(mixer="none")
+    with pytest.raises(ConfigError, match="model.arch='transformer'"):
+        ModelConfig.from_dict(dict(arch="transformer"))
+    with pytest.raises(ConfigError, match="legacy"):
+        ModelConfig.from_dict(dict(arch="kvshift", mixer={"name": "none"}))
+
+
+@pytest.mark.parametrize(
     "kw,field",
     [
-        (dict(shift_window=0), "shift_window"),
+        (dict(mixer=dict(name="kv_shift", window=0)), "model.mixer.window"),
+        (dict(d_mlp=0), "model.d_mlp"),
         (dict(n_layers=0), "n_layers"),
         (dict(n_heads=4, n_kv_heads=3, d_model=16), "n_kv_heads"),
         (dict(positions="rotary", d_model=12, n_heads=4), "d_head"),
@@ -1063,7 +1102,7 @@ def test_shift_coefficients_has_one_row_per_layer_and_kv_head_matching_the_modul
     model = build_model(cfg)
     randomize_shift_(model)
     df = shift_coefficients(model)
-    w = cfg.shift_window + 1
+    w = window(cfg) + 1
     assert list(df.columns) == ["layer", "head"] + [f"alpha{j + 1}" for j in range(w)] + [
         f"beta{j + 1}" for j in range(w)
     ]
@@ -1075,17 +1114,18 @@ def test_shift_coefficients_has_one_row_per_layer_and_kv_head_matching_the_modul
         rows = df[df.layer == l]
         a = torch.tensor(rows[[f"alpha{j + 1}" for j in range(w)]].to_numpy(dtype=float))
         b = torch.tensor(rows[[f"beta{j + 1}" for j in range(w)]].to_numpy(dtype=float))
-        want_a = attn.k_shift.coefficients().detach().double() if cfg.shifts_k else identity
-        want_b = attn.v_shift.coefficients().detach().double() if cfg.shifts_v else identity
-        assert (attn.k_shift is not None) == cfg.shifts_k and (attn.v_shift is not None) == cfg.shifts_v
+        want_a = attn.k_shift.coefficients().detach().double() if "k" in sides(cfg) else identity
+        want_b = attn.v_shift.coefficients().detach().double() if "v" in sides(cfg) else identity
+        assert hasattr(attn, "k_shift") == ("k" in sides(cfg)) and hasattr(attn, "v_shift") == ("v" in sides(cfg))
         torch.testing.assert_close(a, want_a, atol=1e-7, rtol=0)
         torch.testing.assert_close(b, want_b, atol=1e-7, rtol=0)
 
 
-def test_shift_coefficients_of_vanilla_is_an_empty_frame_with_the_columns():
-    df = shift_coefficients(build_model(make_cfg(arch="vanilla", shift_window=2)))
+@pytest.mark.parametrize("mixer", ["none", "canon"])
+def test_shift_coefficients_without_kv_shift_modules_is_an_empty_frame_with_the_columns(mixer):
+    df = shift_coefficients(build_model(make_cfg(mixer=mixer)))
     assert df.empty
-    assert list(df.columns) == ["layer", "head", "alpha1", "alpha2", "alpha3", "beta1", "beta2", "beta3"]
+    assert list(df.columns) == ["layer", "head", "alpha1", "alpha2", "beta1", "beta2"]
 
 
 def test_shift_coefficients_works_on_bare_module_and_bridge_alike():
@@ -1096,3 +1136,43 @@ def test_shift_coefficients_works_on_bare_module_and_bridge_alike():
     pd.testing.assert_frame_equal(a, b)
     with pytest.raises(TypeError):
         shift_coefficients(torch.nn.Linear(2, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Bit-identical to the code before the mixer registry (results regenerate unchanged)
+# --------------------------------------------------------------------------------------------
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_digests.json").read_text())
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("record", PINNED["models"], ids=lambda r: "-".join(f"{k}={v}" for k, v in r["legacy_config"].items()) or "default")
+def test_models_from_one_seed_have_the_weights_and_logits_of_the_pre_mixer_code(record):
+    """Digests recorded at commit d211285 (ShiftAttention, `arch`/`shift*` fields), one torch thread."""
+    module = build_module(make_cfg(**record["legacy_config"]))
+    sd = bare_state_dict(module)
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode())
+        h.update(sd[k].contiguous().numpy().tobytes())
+    assert h.hexdigest() == record["weights"]
+    tokens = torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert _sha(module(tokens)) == record["logits"]
+
+
+def test_a_checkpoint_written_before_the_mixer_registry_loads_with_its_weights_and_logits():
+    path = Path(__file__).parent / "data" / PINNED["legacy_checkpoint"]["file"]
+    with safe_open(str(path), framework="pt") as f:
+        assert "arch" in json.loads(f.metadata()["config"])  # really the old flat layout
+    cfg, tensors, _ = M.read_checkpoint(path)
+    assert cfg.mixer.name == "kv_shift" and cfg.mixer.window == 2 and cfg.mixer.param == "gate"
+    bare = build_module(cfg)
+    bare.load_state_dict(tensors, strict=True)
+    tokens = torch.randint(0, 23, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert _sha(bare(tokens)) == PINNED["legacy_checkpoint"]["logits"]
+        torch.testing.assert_close(load_model(path)(tokens), bare(tokens), atol=1e-5, rtol=1e-5)

@@ -108,8 +108,8 @@ def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, v
 @pytest.mark.parametrize("arch,n_layers,d,heads,d_head", [("kvshift", 1, 8, 1, 8), ("vanilla", 2, 8, 2, 4),
                                                           ("kvshift", 3, 16, 4, 2)])
 def test_param_counts_match_the_architecture(arch, n_layers, d, heads, d_head):
-    model = {"arch": arch, "n_layers": n_layers, "d_model": d, "n_heads": heads, "d_head": d_head,
-             "d_vocab": 16, "n_ctx": 12}
+    model = {"mixer": {"name": {"kvshift": "kv_shift", "vanilla": "none"}[arch]}, "n_layers": n_layers, "d_model": d,
+             "n_heads": heads, "d_head": d_head, "d_vocab": 16, "n_ctx": 12}
     assert phase.param_counts(model) == expected_params(arch, n_layers, d, heads, d_head, 16, 12)
 
 
@@ -161,8 +161,9 @@ def test_paired_sign_test_counts_wins(synthetic):
 
 
 def test_in_grid_keeps_only_declared_sweep_points():
-    raw = pd.DataFrame({"model.arch": ["vanilla", "kvshift", "kvshift"], "model.d_model": [4, 8, 64], "seed": [0, 1, 0]})
-    keep = phase.in_grid(raw, [{"model.arch": "vanilla,kvshift", "model.d_model": "4,8", "seed": "0,1"}])
+    raw = pd.DataFrame({"model.mixer.name": ["none", "kv_shift", "kv_shift"], "model.d_model": [4, 8, 64],
+                        "seed": [0, 1, 0]})
+    keep = phase.in_grid(raw, [{"model/mixer": "none,kv_shift", "model.d_model": "4,8", "seed": "0,1"}])
     assert list(keep) == [True, True, False]
     assert list(phase.in_grid(raw, [{"model.d_model": 64}, {"seed": 1}])) == [False, True, True]
 

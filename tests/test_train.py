@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kvshift_lens.models import ConfigError, ModelConfig, build_module, load_model
-from kvshift_lens.tasks import TaskConfig, make_task
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.models import ModelConfig, build_module, load_model
+from kvshift_lens.tasks import make_task, task_config
 from kvshift_lens.train import TrainConfig, batch_loss, checkpoint_steps, lr_at, make_optimizer, scored_correct, train
 
-TINY_TASK = TaskConfig(name="induction", d_vocab=16, seq_len=16, seed=0)
-TINY_MODEL = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
+TINY_TASK = task_config("induction", d_vocab=16, seq_len=16, seed=0)
+TINY_MODEL = ModelConfig(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
 
 
 def tiny_train(**kw) -> TrainConfig:
@@ -79,7 +80,7 @@ def test_run_writes_metrics_checkpoints_and_summary(tmp_path):
     assert ckpts[0] == "step_0000000.safetensors" and ckpts[-1] == "step_0000012.safetensors"
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["final_induction_acc"] == summary["final_induction_acc"] == metrics.induction_acc.iloc[-1]
-    assert on_disk["config"]["model"]["arch"] == "kvshift"
+    assert on_disk["config"]["model"]["mixer"] == {"name": "kv_shift", "sides": "kv", "param": "free", "window": 1}
     assert on_disk["git_commit"]
 
 
@@ -98,6 +99,31 @@ def test_resumed_run_ends_with_identical_metrics(tmp_path):
     x = torch.randint(0, 16, (2, 16))
     assert torch.equal(load_model(full / "checkpoints/step_0000012.safetensors")(x),
                        load_model(part / "checkpoints/step_0000012.safetensors")(x))
+
+
+def test_a_run_written_before_the_mixer_registry_resumes_under_its_new_config(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    old = json.loads(state["config"])
+    old["model"] = {**{k: v for k, v in old["model"].items() if k != "mixer"},
+                    "arch": "kvshift", "shift": "kv", "shift_param": "free", "shift_window": 1}
+    old["task"].update(n_pairs=200, hops=2, alphabet_size=4)  # the flat TaskConfig carried every knob
+    state["config"] = json.dumps(old, sort_keys=True)
+    torch.save(state, tmp_path / "resume.pt")
+    assert train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)["final_step"] == 4
+    old["model"]["shift"] = "k"
+    state["config"] = json.dumps(old, sort_keys=True)
+    torch.save(state, tmp_path / "resume.pt")
+    with pytest.raises(ConfigError, match="different config"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+
+
+def test_mixer_coefficients_get_no_weight_decay_through_the_protocol():
+    model = build_module(ModelConfig(mixer={"name": "canon", "positions": "AB"}, d_model=16, n_heads=2, d_vocab=16, n_ctx=16))
+    decay, no_decay = make_optimizer(model, TrainConfig()).param_groups
+    mixer = {id(p) for n, p in model.named_parameters() if "_mix." in n}
+    assert len(mixer) == 4 and mixer <= {id(p) for p in no_decay["params"]}
+    assert not mixer & {id(p) for p in decay["params"]} and decay["weight_decay"] > 0
 
 
 def test_resume_refuses_a_different_config(tmp_path):
@@ -121,7 +147,7 @@ def test_bad_train_config_names_the_field(tmp_path, field, value):
 
 
 def test_sequence_longer_than_context_is_rejected_before_training(tmp_path):
-    model = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=8)
+    model = ModelConfig(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=8)
     with pytest.raises(ConfigError, match="n_ctx"):
         train(model, TINY_TASK, tiny_train(), tmp_path, progress=False)
 
@@ -129,8 +155,8 @@ def test_sequence_longer_than_context_is_rejected_before_training(tmp_path):
 def test_clamp01_raw_parameters_are_projected_after_every_step(tmp_path):
     from kvshift_lens.models import read_checkpoint
 
-    model = ModelConfig(arch="kvshift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16,
-                        shift_param="clamp01")
+    model = ModelConfig(mixer={"name": "kv_shift", "param": "clamp01"}, n_layers=1, d_model=16, n_heads=2,
+                        d_vocab=16, n_ctx=16)
     train(model, TINY_TASK, tiny_train(lr=0.5, warmup=0), tmp_path, progress=False)
     _, tensors, _ = read_checkpoint(tmp_path / "checkpoints/step_0000012.safetensors")
     raw = torch.cat([t.flatten() for k, t in tensors.items() if "_shift" in k])
@@ -138,7 +164,7 @@ def test_clamp01_raw_parameters_are_projected_after_every_step(tmp_path):
 
 
 def test_stop_at_ends_at_first_evaluation_reaching_threshold_and_stays_stopped_on_rerun(tmp_path):
-    task = TaskConfig(name="repeated_tokens", d_vocab=16, seq_len=16, seed=0)  # many scored tokens: acc > 0
+    task = task_config("repeated_tokens", d_vocab=16, seq_len=16, seed=0)  # many scored tokens: acc > 0
     train(TINY_MODEL, task, tiny_train(), tmp_path / "full", progress=False)
     full = pd.read_csv(tmp_path / "full" / "metrics.csv")
     later = full[full.step > 0]

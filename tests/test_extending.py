@@ -1,0 +1,138 @@
+"""docs/extending.md in practice: a mixer and a task defined and registered in this file alone (no library
+edit), composed through hydra from one yaml each, trained with the real trainer and analysed with the
+detectors."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+import torch
+
+from kvshift_lens.circuits import classify_heads
+from kvshift_lens.config import CONF_DIR, compose
+from kvshift_lens.detect import head_scores
+from kvshift_lens.emergence import run_checkpoints
+from kvshift_lens.mixers import MIXERS, LagMixer, MixerOptions, register_mixer
+from kvshift_lens.errors import ConfigError
+from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.models import build_module, load_model, mixer_coefficients
+from kvshift_lens.tasks import TASKS, Batch, Task, TaskConfig, make_task, register_task
+from kvshift_lens.tasks.base import N_SPECIAL, check, with_bos
+from kvshift_lens.train import TrainConfig, train
+
+
+class EchoKey(LagMixer):
+    """k̂_t = k_t + s_h·k_{t-1}: a per-head learned echo of the previous key."""
+
+    def __init__(self, heads: int, strength: float):
+        super().__init__()
+        self.strength = strength
+        self.weight = torch.nn.Parameter(torch.empty(heads, 1))
+
+    def lag_coefficients(self) -> torch.Tensor:
+        return torch.stack([torch.ones_like(self.weight), self.weight])  # [2, heads, 1]
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        self.weight.fill_(self.strength)
+
+
+@dataclass
+class EchoKeyOptions(MixerOptions):
+    name: Literal["toy_echo_key"] = "toy_echo_key"
+    strength: float = 0.5  # initial echo
+
+    def build(self, cfg, layer: int) -> dict[str, LagMixer]:
+        return {"k": EchoKey(cfg.kv_heads, self.strength)}
+
+
+@dataclass
+class PairsConfig(TaskConfig):
+    """`[BOS] a a b b ...`: the first of each pair predicts its twin."""
+
+    name: Literal["toy_pairs"] = "toy_pairs"
+
+    def validate(self) -> None:
+        check(self.seq_len >= 3, f"task.seq_len={self.seq_len} must be >= 3 (BOS a a)")
+
+    def build(self) -> "PairsTask":
+        return PairsTask(self)
+
+
+class PairsTask(Task):
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        n = self.cfg.seq_len // 2  # pairs covering the seq_len - 1 positions after BOS
+        body = (N_SPECIAL + torch.randint(self.n_content, (batch_size, n), generator=generator)).repeat_interleave(2, 1)
+        scored = torch.zeros_like(body, dtype=torch.bool)
+        scored[:, 0::2] = True
+        body, scored = body[:, : self.cfg.seq_len - 1], scored[:, : self.cfg.seq_len - 1]
+        scored[:, -1] = False
+        return with_bos(body, scored)
+
+    @property
+    def chance_accuracy(self) -> float:
+        return 1.0 / self.n_content
+
+
+@pytest.fixture
+def registered():
+    register_mixer(EchoKeyOptions)
+    register_task(PairsConfig)
+    yield
+    MIXERS.unregister("toy_echo_key")
+    TASKS.unregister("toy_pairs")
+
+
+def test_a_mixer_and_a_task_from_one_file_each_train_and_are_analysed_like_the_built_ins(registered, tmp_path):
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (conf / "model" / "mixer" / "toy_echo_key.yaml").write_text("name: toy_echo_key\nstrength: 0.5\n")
+    (conf / "task" / "toy_pairs.yaml").write_text("name: toy_pairs\nd_vocab: 16\nseq_len: 15\nseed: ${seed}\n")
+    run = compose(["model=vanilla_1l", "model/mixer=toy_echo_key", "model.mixer.strength=0.25", "task=toy_pairs",
+                   "model.d_model=16", "model.n_heads=2"], conf_dir=conf)
+    assert run.model.mixer == EchoKeyOptions(strength=0.25) and run.model.arch == "toy_echo_key"
+    assert make_task(run.task).chance_accuracy == pytest.approx(1 / 13)
+
+    cfg = TrainConfig(steps=20, lr=1e-2, batch_size=16, warmup=2, eval_every=10, eval_size=32, n_checkpoints=2,
+                      threads=1)
+    summary = train(run.model, run.task, cfg, tmp_path / "run", progress=False)
+    assert summary["final_induction_acc"] > summary["chance_accuracy"]  # the pairs are learned in 20 steps
+    model = load_model(run_checkpoints(tmp_path / "run")[20])
+    coefficients = mixer_coefficients(model)
+    assert set(coefficients.slot) == {"k"} and (coefficients[coefficients.lag == 1].value != 0.25).any()  # trained
+
+    _, cache = model.run_with_cache(torch.zeros(1, 7, dtype=torch.long))
+    assert "blocks.0.attn.hook_k_mixed" in cache and "blocks.0.hook_k_mixed" in cache
+    scores = head_scores(model, batch_size=4, metrics=("induction_score", "previous_token_score", "copying_score"))
+    assert len(scores) == 3 * 2 and scores.value.notna().all()
+    table = classify_heads(model, batch_size=4)
+    assert len(table) == 2 and set(table.mechanism) <= {"none", "mixer-mediated", "composition-mediated"}
+
+
+def test_a_mixer_whose_modules_need_an_mlp_is_refused_on_an_attention_only_model():
+    @dataclass
+    class HiddenOnly(MixerOptions):
+        name: Literal["toy_hidden_only"] = "toy_hidden_only"
+
+        def build(self, cfg, layer: int) -> dict[str, LagMixer]:
+            return {"mlp_hidden": EchoKey(cfg.mlp_width, 0.5)}
+
+    register_mixer(HiddenOnly)
+    try:
+        with pytest.raises(ConfigError, match="model.attn_only=true"):
+            build_module(ModelConfig(mixer="toy_hidden_only", d_model=8, n_heads=2))
+        assert build_module(ModelConfig(mixer="toy_hidden_only", d_model=8, n_heads=2, attn_only=False))
+    finally:
+        MIXERS.unregister("toy_hidden_only")
+
+
+def test_a_built_in_name_cannot_be_registered_twice():
+    @dataclass
+    class Impostor(MixerOptions):
+        name: Literal["canon"] = "canon"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_mixer(Impostor)
+    assert MIXERS.get("canon").__name__ == "CanonOptions"  # the registry is untouched
