@@ -197,9 +197,9 @@ def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: b
 def bench_lm(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:
     """Issue 14: our vanilla LM (LayerNorm, GELU MLP, learned positions) vs the plain-SDPA reference with
     the same MLPs, one training step each on Shakespeare character windows; and the window sampler
-    (`kvshift_lens.text_task.random_windows`) against what one vanilla step consumes."""
+    (`kvshift_lens.tasks.text.random_windows`) against what one vanilla step consumes."""
     from kvshift_lens.models import ModelConfig, build_module
-    from kvshift_lens.text_task import random_windows
+    from kvshift_lens.tasks.text import random_windows
     from kvshift_lens.tokenization import tokenized_corpus
 
     data = tokenized_corpus("shakespeare", "char")
@@ -208,7 +208,7 @@ def bench_lm(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -
     tokens = random_windows(stream, shape.batch, shape.seq, gen).to(device)
     torch.manual_seed(0)
     ref = RefModel(vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq, d_mlp=d_mlp).to(device)
-    cfg = ModelConfig(arch="vanilla", n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
+    cfg = ModelConfig(mixer="none", n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
                       d_vocab=vocab, n_ctx=shape.seq, attn_only=False, mlp="gelu", d_mlp=d_mlp)
     variants = {"sdpa_ref": make_step(ref.train(), tokens),
                 "vanilla": make_step(build_module(cfg).to(device).train(), tokens),

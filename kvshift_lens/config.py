@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from kvshift_lens.errors import ConfigError
 from kvshift_lens.model_config import ModelConfig, upgrade_legacy as upgrade_model
@@ -32,7 +33,10 @@ def build(cls: Type[T], node: Any, group: str) -> T:
     """The one place a config group becomes its dataclass: `cls` (tagged bases such as `TaskConfig` pick the
     registered subclass by `name`; nested dataclass fields such as `model.mixer` recurse) from a hydra
     node or plain mapping, raising one-line `ConfigError`s naming `group.field`."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    try:
+        data = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    except InterpolationResolutionError as e:  # a resolver's own error (e.g. ${text_vocab:...}), without the YAML trail
+        raise ConfigError(str(e).splitlines()[0].split("raised while resolving interpolation: ", 1)[-1]) from None
     return build_dataclass(cls, data, group, upgrade=UPGRADES.get(cls))
 
 

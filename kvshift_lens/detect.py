@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from transformer_lens import TransformerBridge, head_detector
 from transformer_lens.utilities import get_act_name
 
+from kvshift_lens.icl import icl_from_token_losses, token_losses
 from kvshift_lens.models import attention_layers, model_config
 
 BOS = 0
 PREFIX_REPEATS = 4  # Olsson et al. measure prefix matching on r repeated several times
-ICL_TOKENS, ICL_CONTEXT = (50, 500), 512  # Olsson et al.: the 50th and 500th token of a 512-token context
-ICL_BAND_FRACTION = 16  # icl_band_score averages T/16 indices ending at each ICL index
 METRICS = (
     "induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
     "copying_score", "ablation_drop", "icl_score",
@@ -55,37 +54,6 @@ def scored_mask(tokens: torch.Tensor, period: int) -> torch.Tensor:
     """True where the NEXT token is predictable by induction (t in [L+1, T-2]): [batch, T] bool."""
     pos = torch.arange(tokens.shape[1], device=tokens.device)
     return ((pos > period) & (pos < tokens.shape[1] - 1)).expand_as(tokens)
-
-
-def icl_positions(seq_len: int) -> tuple[int, int]:
-    """0-based indices of Olsson et al.'s 50th and 500th tokens rescaled from 512 to T tokens:
-    round(n·T/512) − 1 within [1, T−1] ((49, 499) at T = 512, (24, 249) at T = 256)."""
-    return tuple(min(max(round(n * seq_len / ICL_CONTEXT) - 1, 1), seq_len - 1) for n in ICL_TOKENS)
-
-
-def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Loss of every token given the ones before it: [batch, T], column p = −log P(x_p | x_<p), column 0 NaN.
-
-    logits [batch, T, vocab] (position t predicts t + 1); tokens [batch, T].
-    """
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")  # [batch, T-1]
-    return F.pad(nll, (1, 0), value=float("nan"))
-
-
-def icl_from_token_losses(losses: torch.Tensor) -> float:
-    """Olsson et al.'s in-context-learning score from `token_losses` [batch, T]: mean loss of the late
-    token minus mean loss of the early one (`icl_positions`); negative when later context helps."""
-    early, late = icl_positions(losses.shape[1])
-    return (losses[:, late].mean() - losses[:, early].mean()).item()
-
-
-def icl_band_from_token_losses(losses: torch.Tensor) -> float:
-    """`icl_band_score`, our variant of the ICL score for small evaluation sets: each of Olsson's two token
-    indices is replaced by the mean over the round(T/16) indices ending at it (at T = 256: tokens 9-24
-    and 234-249), which averages out most of the single-token noise; losses [batch, T] -> float."""
-    early, late = icl_positions(losses.shape[1])
-    width = min(max(round(losses.shape[1] / ICL_BAND_FRACTION), 1), early)
-    return (losses[:, late - width + 1 : late + 1].mean() - losses[:, early - width + 1 : early + 1].mean()).item()
 
 
 # --- detection targets: bool [batch or 1, q, k], True where a query should attend -------------

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from kvshift_lens.errors import ConfigError
+from kvshift_lens.icl import token_losses
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters, save_model
-from kvshift_lens.tasks import Batch, TaskConfig, make_task, task_config
+from kvshift_lens.tasks import Batch, Task, TaskConfig, make_task, task_config
 from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
@@ -51,6 +52,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
     eval_size: int = 512  # held-out sequences, fixed per seed
     n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
+    eval_at_checkpoints: bool = False  # also evaluate at every checkpoint step (text: ICL where detectors run)
     stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
@@ -134,18 +136,24 @@ def scored_correct(logits: torch.Tensor, batch: Batch) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str) -> tuple[float, float]:
-    """Mean eval loss and scored-position accuracy over a fixed list of batches."""
+def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str,
+             task: Optional[Task] = None) -> tuple[float, float, dict[str, float]]:
+    """Mean eval loss, scored-position accuracy and the task's own held-out metrics (`task.metric_names`,
+    from the per-token losses of all batches) over a fixed list of batches."""
     was_training = model.training
     model.eval()
-    losses, correct, total = [], 0, 0
+    losses, correct, total, per_token = [], 0, 0, []
     for batch in eval_batches:
         logits = model(batch.tokens)
         losses.append(batch_loss(logits, batch, loss_on).item())
         c, n = scored_correct(logits, batch)
         correct, total = correct + c, total + n
+        if task is not None and task.metric_names:
+            per_token.append(token_losses(logits, batch.tokens).cpu())
     model.train(was_training)
-    return float(np.mean(losses)), correct / max(total, 1)
+    extra = task.held_out_metrics(torch.cat(per_token), torch.cat([b.tokens.cpu() for b in eval_batches])) \
+        if per_token else {}
+    return float(np.mean(losses)), correct / max(total, 1), extra
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -181,10 +189,10 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+def _write_metrics(path: Path, rows: list[dict], columns: list[str] = METRIC_COLUMNS) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -247,10 +255,8 @@ def train(
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(model_cfg.seed)
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
-    eval_batches = [
-        _to(task.sample(min(cfg.batch_size, cfg.eval_size - i), eval_gen), device)
-        for i in range(0, cfg.eval_size, cfg.batch_size)
-    ]
+    eval_batches = [_to(b, device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
+    columns = METRIC_COLUMNS + list(task.metric_names)
     ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
     metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
 
@@ -275,12 +281,12 @@ def train(
     started = time.perf_counter()
 
     def log_eval() -> dict:
-        eval_loss, acc = evaluate(model, eval_batches, cfg.loss_on)
+        eval_loss, acc, extra = evaluate(model, eval_batches, cfg.loss_on, task)
         row = {"step": step, "train_loss": float(np.mean(recent)) if recent else float("nan"),
                "eval_loss": eval_loss, "induction_acc": acc, "lr": lr_at(max(step - 1, 0), cfg),
-               "train_seconds": round(train_seconds, 3)}
+               "train_seconds": round(train_seconds, 3), **extra}
         rows.append(row)
-        _write_metrics(metrics_path, rows)
+        _write_metrics(metrics_path, rows, columns)
         return row
 
     if step == 0:
@@ -308,6 +314,8 @@ def train(
         bar.update(1)
         if step in ckpt_steps:
             save_model(model, run_dir / "checkpoints" / f"step_{step:07d}.safetensors")
+        if step in ckpt_steps and cfg.eval_at_checkpoints and not (step % cfg.eval_every == 0 or step == cfg.steps):
+            log_eval()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row = log_eval()
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")
@@ -318,7 +326,11 @@ def train(
     bar.close()
 
     summary = summarize(rows, threshold=0.9)
+    tokens = step * cfg.batch_size * task_cfg.seq_len
     summary.update({
+        **{f"final_{name}": float(rows[-1][name]) for name in task.metric_names},
+        "train_tokens": tokens,
+        "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
         "wall_seconds_this_session": round(time.perf_counter() - started, 3),
         "train_seconds": round(train_seconds, 3),
         "device": str(device),

@@ -9,13 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from kvshift_lens.detect import icl_positions, token_losses
+from kvshift_lens.corpora import CorpusError
+from kvshift_lens.icl import icl_positions, token_losses
 from kvshift_lens.lm import (
     LM_METRICS, Probe, copy_targets, head_emergence, icl_jump_step, lm_head_scores, random_repeats,
     run_induction_summary, text_induction_score, text_repeats,
 )
 from kvshift_lens.models import ModelConfig, build_model
-from kvshift_lens.text_task import eval_windows, lm_metrics, random_windows
+from kvshift_lens.tasks.text import eval_windows, lm_metrics, random_windows
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory) -> str:
+    """One token-stream cache for the module's runs: the corpus is encoded once."""
+    return str(tmp_path_factory.mktemp("text_cache"))
 
 
 def test_random_windows_are_seeded_slices_of_the_stream():
@@ -34,7 +41,7 @@ def test_eval_windows_chain_so_the_late_icl_token_is_the_next_windows_early_toke
     within = [i for i in range(63) if (i + 1) % 8]  # consecutive windows of one chain
     assert torch.equal(w[within, late], w[[i + 1 for i in within], early])
     assert w[0, 0] == 0 and w[-1, -1] == len(stream) - 1  # chains spread from the start to the end
-    with pytest.raises(ValueError, match="task.seq_len"):
+    with pytest.raises(CorpusError, match="task.seq_len"):
         eval_windows(torch.arange(500), 8, seq)
 
 
@@ -44,7 +51,6 @@ def test_lm_metrics_give_bits_per_byte_from_the_predicted_tokens_bytes():
     losses = torch.full((2, 4), 2.0)
     losses[:, 0] = math.nan
     m = lm_metrics(losses, tokens, token_bytes)
-    assert m["eval_loss"] == pytest.approx(2.0)
     assert m["eval_bpb"] == pytest.approx(2.0 * 6 / math.log(2) / ((1 + 3 + 1) + (3 + 1 + 0)))  # targets x[:, 1:]
 
 
@@ -72,7 +78,7 @@ def test_text_induction_score_counts_every_second_copy_token_even_when_it_repeat
 
 
 def test_lm_head_scores_give_every_metric_for_every_head():
-    model = build_model(ModelConfig(arch="kvshift", n_layers=2, d_model=16, n_heads=2, d_vocab=30, n_ctx=33))
+    model = build_model(ModelConfig(mixer="kv_shift", n_layers=2, d_model=16, n_heads=2, d_vocab=30, n_ctx=33))
     probe = Probe.from_streams(np.arange(1, 30).repeat(3), torch.randint(1, 30, (20, 32),
                                generator=torch.Generator().manual_seed(0)), batch_size=4)
     df = lm_head_scores(model, probe)
@@ -119,7 +125,80 @@ def test_run_summary_calls_a_jump_inside_the_emergence_bracket_co_occurring():
 
 
 def test_token_losses_feed_lm_metrics_on_a_real_model():
-    model = build_model(ModelConfig(arch="vanilla", n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=32))
+    model = build_model(ModelConfig(mixer="none", n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=32))
     tokens = torch.randint(12, (4, 32), generator=torch.Generator().manual_seed(0))
     m = lm_metrics(token_losses(model(tokens), tokens), tokens, torch.ones(12, dtype=torch.long))
-    assert m["eval_bpb"] == pytest.approx(m["eval_loss"] / math.log(2))
+    assert m["eval_bpb"] == pytest.approx(token_losses(model(tokens), tokens)[:, 1:].mean().item() / math.log(2))
+
+
+def test_tiny_lm_run_beats_the_unigram_baseline_and_logs_lm_metrics_at_every_checkpoint(tmp_path, text_cache):
+    from kvshift_lens.model_config import ModelConfig as Config
+    from kvshift_lens.tasks import make_task
+    from kvshift_lens.tasks.text import TextConfig, unigram_cross_entropy
+    from kvshift_lens.train import TrainConfig, checkpoint_steps, train
+
+    task_cfg = TextConfig(seq_len=64, cache_dir=text_cache)
+    model_cfg = Config(mixer="none", n_layers=1, d_model=32, n_heads=2, d_vocab=task_cfg.d_vocab, n_ctx=64,
+                       attn_only=False, seed=0)
+    cfg = TrainConfig(steps=120, lr=1e-2, batch_size=16, warmup=10, schedule="cosine", eval_every=60,
+                      eval_size=64, n_checkpoints=4, eval_at_checkpoints=True, threads=1)
+    summary = train(model_cfg, task_cfg, cfg, tmp_path / "run", progress=False)
+    task = make_task(task_cfg)
+    held = torch.cat([b.tokens for b in task.held_out(cfg.eval_size, cfg.batch_size, torch.Generator())])
+    baseline = unigram_cross_entropy(task.train_stream, held, task_cfg.d_vocab)
+    assert summary["final_eval_loss"] < baseline - 0.3  # context is used: better than token frequencies alone
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {"eval_bpb", "icl_score", "icl_band_score"} <= set(metrics.columns)
+    assert set(checkpoint_steps(120, 4)) <= set(metrics.step)  # evaluated where the detectors will run
+    assert summary["train_tokens"] == 120 * 16 * 64 and summary["tokens_per_second"] > 0
+    assert summary["final_eval_bpb"] == pytest.approx(metrics.eval_bpb.iloc[-1])
+
+
+def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path, monkeypatch, text_cache):
+    from kvshift_lens import train as trainer
+    from kvshift_lens.model_config import ModelConfig as Config
+    from kvshift_lens.tasks.text import TextConfig
+
+    task_cfg = TextConfig(seq_len=32, cache_dir=text_cache)
+    model_cfg = Config(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=task_cfg.d_vocab, n_ctx=32)
+    cfg = trainer.TrainConfig(steps=40, batch_size=4, warmup=5, schedule="cosine", eval_every=20, eval_size=16,
+                              n_checkpoints=6, eval_at_checkpoints=True, threads=1)
+    trainer.train(model_cfg, task_cfg, cfg, tmp_path / "full", progress=False)
+    save = trainer._atomic_save
+
+    def killed_after_first_resume_point(obj, path):
+        save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_atomic_save", killed_after_first_resume_point)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(model_cfg, task_cfg, cfg, tmp_path / "part", progress=False)
+    monkeypatch.setattr(trainer, "_atomic_save", save)
+    trainer.train(model_cfg, task_cfg, cfg, tmp_path / "part", progress=False)
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns="train_seconds") for d in ("full", "part"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"tokenizer": "word"}, "task.tokenizer='word'"),
+    ({"corpus": "wiki"}, "task.corpus='wiki'"),
+    ({"tokenizer": "bpe", "vocab_size": 100}, "task.vocab_size=100"),
+    ({"d_vocab": 64}, "task.d_vocab=64"),
+    ({"seq_len": 2}, "task.seq_len=2"),
+])
+def test_impossible_text_configs_name_the_field(overrides, field):
+    from kvshift_lens.errors import ConfigError
+    from kvshift_lens.tasks import task_config
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        task_config("text", **overrides)
+
+
+def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_in_one_line():
+    from kvshift_lens.config import compose
+    from kvshift_lens.errors import ConfigError
+
+    run = compose(["model=vanilla_lm", "task=text", "train=lm", "task.tokenizer=bpe", "task.vocab_size=512"])
+    assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256
+    with pytest.raises(ConfigError, match=r"^task\.tokenizer='word' is unknown"):
+        compose(["task=text", "task.tokenizer=word"])
