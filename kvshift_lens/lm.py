@@ -16,7 +16,9 @@ induction head is compared with `icl_jump_step`, Olsson et al.'s co-occurrence.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -29,7 +31,9 @@ from kvshift_lens.detect import (
     COLUMNS, PREFIX_REPEATS, attention_patterns, induction_score, prefix_matching, prefix_targets,
     previous_token_score, repeated_tokens, target_attention,
 )
-from kvshift_lens.emergence import EMERGENCE_THRESHOLD, shift_rows
+from kvshift_lens.emergence import EMERGENCE_THRESHOLD, detect_run, merge_summary, shift_rows
+from kvshift_lens.tasks import make_task
+from kvshift_lens.tasks.text import EVAL_CHAIN, eval_windows
 
 ICL_MIN_DROP = 0.05  # nats: a final ICL score above -0.05 is no in-context learning worth a step
 ICL_COLUMN = "icl_band_score"  # jumps are read from the band variant (single-token ICL is too noisy at CPU sizes)
@@ -174,3 +178,20 @@ def run_induction_summary(heads: pd.DataFrame, metrics: pd.DataFrame,
         "icl_jump_with_emergence": co,
     }
 
+
+def run_probe(run_dir: Union[str, Path], batch_size: int = 16, seed: int = 0) -> Probe:
+    """The `Probe` of a text run: its task rebuilt from config.json (token streams from the cache), the ids of
+    its training text and `batch_size` held-out windows spread over the validation split."""
+    task = make_task(json.loads(Path(run_dir, "config.json").read_text())["task"])
+    windows = eval_windows(task.validation_stream, EVAL_CHAIN * batch_size, task.cfg.seq_len)
+    return Probe.from_streams(task.train_stream.numpy(), windows, batch_size, seed)
+
+
+def analyze_lm_run(run_dir: Union[str, Path], batch_size: int = 16, seed: int = 0,
+                   threshold: float = EMERGENCE_THRESHOLD) -> dict:
+    """Score every checkpoint of a text run (heads.csv, resumable) and add `run_induction_summary` to its
+    summary.json; returns the summary."""
+    probe = run_probe(run_dir, batch_size, seed)
+    heads = detect_run(run_dir, score=lambda model, step: checkpoint_rows(model, step, probe))
+    found = run_induction_summary(heads, pd.read_csv(Path(run_dir, "metrics.csv")), threshold)
+    return merge_summary(run_dir, {"emergence_threshold": threshold, **found})
