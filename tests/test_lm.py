@@ -202,3 +202,9 @@ def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_i
     assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256
     with pytest.raises(ConfigError, match=r"^task\.tokenizer='word' is unknown"):
         compose(["task=text", "task.tokenizer=word"])
+    from kvshift_lens.emergence import analyze_run
+
+    s = analyze_run(tmp_path / "run", batch_size=4)  # text runs get the LM detectors on every checkpoint
+    heads = pd.read_csv(tmp_path / "run" / "heads.csv")
+    assert set(heads.step) == set(checkpoint_steps(120, 4)) and set(LM_METRICS) <= set(heads.metric)
+    assert {"first_induction_head", "induction_layers", "icl_jump_step", "icl_jump_with_emergence"} <= set(s)
