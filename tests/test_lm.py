@@ -152,6 +152,12 @@ def test_tiny_lm_run_beats_the_unigram_baseline_and_logs_lm_metrics_at_every_che
     assert set(checkpoint_steps(120, 4)) <= set(metrics.step)  # evaluated where the detectors will run
     assert summary["train_tokens"] == 120 * 16 * 64 and summary["tokens_per_second"] > 0
     assert summary["final_eval_bpb"] == pytest.approx(metrics.eval_bpb.iloc[-1])
+    from kvshift_lens.emergence import analyze_run
+
+    s = analyze_run(tmp_path / "run", batch_size=4)  # text runs get the LM detectors on every checkpoint
+    heads = pd.read_csv(tmp_path / "run" / "heads.csv")
+    assert set(heads.step) == set(checkpoint_steps(120, 4)) and set(LM_METRICS) <= set(heads.metric)
+    assert {"first_induction_head", "induction_layers", "icl_jump_step", "icl_jump_with_emergence"} <= set(s)
 
 
 def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path, monkeypatch, text_cache):
@@ -202,9 +208,3 @@ def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_i
     assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256
     with pytest.raises(ConfigError, match=r"^task\.tokenizer='word' is unknown"):
         compose(["task=text", "task.tokenizer=word"])
-    from kvshift_lens.emergence import analyze_run
-
-    s = analyze_run(tmp_path / "run", batch_size=4)  # text runs get the LM detectors on every checkpoint
-    heads = pd.read_csv(tmp_path / "run" / "heads.csv")
-    assert set(heads.step) == set(checkpoint_steps(120, 4)) and set(LM_METRICS) <= set(heads.metric)
-    assert {"first_induction_head", "induction_layers", "icl_jump_step", "icl_jump_with_emergence"} <= set(s)
