@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 BOOT := bash scripts/bootstrap.sh
 
-.PHONY: reproduce test bench env
+.PHONY: reproduce test bench env notebooks
 
 env:
 	@$(BOOT)
@@ -15,3 +15,6 @@ test: env  ## the test suite
 
 bench: env  ## speed/memory benchmarks -> results/bench.json
 	$(PY) -m benchmarks.run
+
+notebooks: env  ## execute notebooks/*.ipynb in place, so they are committed with their outputs
+	$(PY) scripts/execute_notebooks.py

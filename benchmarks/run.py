@@ -488,10 +488,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "python_import_seconds": {}, "note": "skipped"}
         else:
             if args.quick:
-                train_over = ["model=kvshift_1l", "train.steps=6", "train.threads=1", "train.eval_every=3",
+                train_over = ["model=kvshift_1l", "train.steps=6", "train.warmup=1", "train.threads=1", "train.eval_every=3",
                               "train.eval_size=8", "train.batch_size=4", "train.n_checkpoints=2",
                               "task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2"]
-                sweep_over = ["model=vanilla_1l,kvshift_1l", "seed=0,1", "train.steps=2", "train.eval_every=2",
+                sweep_over = ["model=vanilla_1l,kvshift_1l", "seed=0,1", "train.steps=2", "train.warmup=1", "train.eval_every=2",
                               "train.eval_size=4", "train.batch_size=4", "train.n_checkpoints=1",
                               "task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2",
                               "progress=false"]

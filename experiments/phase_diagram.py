@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
@@ -33,6 +34,8 @@ from experiments.report import splice_section
 from kvshift_lens import phase
 from kvshift_lens.analysis import load_summaries
 from kvshift_lens.train import git_commit
+
+matplotlib.use("Agg")  # an entry point that writes figures to files, never shows them
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"
@@ -198,6 +201,7 @@ def write_outputs(sweep_dir: Path, results: Path, prefix: str, provenance: dict,
     profile's sweeper `grids` (strays from older grids are left out); returns the paths written."""
     results.mkdir(parents=True, exist_ok=True)
     raw = load_summaries(sweep_dir)
+    raw = raw[raw.status != "failed"] if "status" in raw else raw  # failed jobs have no metrics (diverged ones do)
     if raw.empty:
         sys.exit(f"no finished runs under {sweep_dir}")
     raw = raw[phase.in_grid(raw, grids)].reset_index(drop=True)

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
+import matplotlib
 import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
@@ -28,6 +29,8 @@ from experiments import theory
 from experiments.report import splice_section
 from kvshift_lens import figures as F
 from kvshift_lens.train import git_commit
+
+matplotlib.use("Agg")  # an entry point that writes figures to files, never shows them
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -2,7 +2,8 @@
 models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
 The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers` and
-`kvshift_lens.tasks` import without transformer_lens.
+`kvshift_lens.tasks` import without transformer_lens, and `kvshift_lens.schema`, `kvshift_lens.cli`
+(the command line's plumbing) without torch.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 _EXPORTS = {
     "ConfigError": "kvshift_lens.errors",
     "ModelConfig": "kvshift_lens.model_config",
+    "attach_tokenizer": "kvshift_lens.tokenizer",
     "build_model": "kvshift_lens.models",
     "build_module": "kvshift_lens.models",
-    "load_model": "kvshift_lens.models",
+    "load_model": "kvshift_lens.checkpoints",
     "mixer_coefficients": "kvshift_lens.models",
-    "save_model": "kvshift_lens.models",
+    "save_model": "kvshift_lens.checkpoints",
     "shift_coefficients": "kvshift_lens.models",
     "to_bridge": "kvshift_lens.models",
 }

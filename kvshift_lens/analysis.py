@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Union
 
 import pandas as pd
 
+from kvshift_lens.cli import ERROR_FILE, SUMMARY_FILE, read_failure
 from kvshift_lens.errors import ConfigError
 from kvshift_lens.model_config import arch_name, upgrade_legacy as upgrade_model
 from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
@@ -15,12 +17,22 @@ from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
 PathLike = Union[str, Path]
 
 
-def find_runs(path: PathLike) -> list[Path]:
-    """Run directories (those holding config.json + metrics.csv) at or below `path`."""
+def find_runs(path: PathLike, *, failed: bool = False) -> list[Path]:
+    """Run directories (config.json + metrics.csv) at or below `path`; with `failed`, also the runs that
+    failed before their first evaluation (config.json + error.txt)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no run or sweep directory at {path}")
-    return sorted(p.parent for p in path.rglob("config.json") if (p.parent / "metrics.csv").exists())
+    marks = ("metrics.csv", ERROR_FILE) if failed else ("metrics.csv",)
+    return sorted(p.parent for p in path.rglob("config.json") if any((p.parent / m).exists() for m in marks))
+
+
+def run_status(run_dir: Path) -> str:
+    """"completed", "diverged" or "failed" (summary.json's status; error.txt), else "incomplete" (running or killed)."""
+    summary = Path(run_dir, SUMMARY_FILE)
+    if summary.exists():
+        return json.loads(summary.read_text()).get("status", "completed")  # summaries predating `status` finished
+    return "failed" if Path(run_dir, ERROR_FILE).exists() else "incomplete"
 
 
 def flatten(node: dict, prefix: str = "") -> dict:
@@ -57,8 +69,10 @@ def run_config_columns(run_dir: Path) -> dict:
     except ConfigError:  # a task this installation does not register: keep its columns as written
         pass
     flat = flatten(cfg)
-    flat["model.arch"] = arch_name(cfg["model"]["mixer"]["name"])
-    flat["seed"] = cfg["model"]["seed"]
+    mixer = cfg["model"].get("mixer")  # the config as given, for a job that failed validation
+    if isinstance(mixer, dict) and isinstance(mixer.get("name"), str):
+        flat["model.arch"] = arch_name(mixer["name"])
+    flat["seed"] = cfg["model"].get("seed")
     return flat
 
 
@@ -71,6 +85,7 @@ def _per_run_table(root: Path, filename: str, missing: str) -> pd.DataFrame:
         table = pd.read_csv(run_dir / filename)
         for k, v in run_config_columns(run_dir).items():
             table.insert(0, k, [v] * len(table))
+        table.insert(0, "status", run_status(run_dir))
         table.insert(0, "run", str(run_dir.relative_to(root)) if run_dir != root else ".")
         frames.append(table)
     if not frames:
@@ -81,25 +96,36 @@ def _per_run_table(root: Path, filename: str, missing: str) -> pd.DataFrame:
 def load_runs(path: PathLike) -> pd.DataFrame:
     """Metrics of one run or a whole sweep as one tidy frame: config columns + metrics per step.
 
-    Columns: `run` (path relative to `path`), `seed`, `model.*` (mixer options as `model.mixer.*`, and the
-    derived `model.arch`), `task.*`, `train.*`, then
-    `step, train_loss, eval_loss, induction_acc, lr, train_seconds`.
+    Columns: `run` (path relative to `path`), `status` (see `run_status`: diverged runs keep the rows
+    they logged), `seed`, `model.*` (mixer options as `model.mixer.*`, and the derived `model.arch`),
+    `task.*`, `train.*`, then `step, train_loss, eval_loss, induction_acc, lr, train_seconds`. Runs that
+    failed before their first evaluation have no rows: a warning names them (`load_summaries` lists them
+    with their error).
     """
     root = Path(path)
+    early = [d for d in find_runs(root, failed=True) if not (d / "metrics.csv").exists()]
+    if early:
+        warnings.warn(f"{len(early)} run(s) failed before their first evaluation and have no metrics: "
+                      + "; ".join(f"{d}: {read_failure(d)}" for d in early), stacklevel=2)
     return _per_run_table(root, "metrics.csv",
                           f"no runs under {root} (a run directory holds config.json and metrics.csv)")
 
 
 def load_summaries(path: PathLike) -> pd.DataFrame:
-    """One row per finished run: config columns + summary.json scalars (final acc, steps_to_90, ...)."""
+    """One row per finished or failed run: `run`, `status` ("completed", "diverged", "failed"), config
+    columns, then summary.json scalars (final acc, steps_to_90, ..., `error` for runs that did not
+    complete). Runs still in progress (no summary.json) are left out."""
     root = Path(path)
     rows = []
-    for run_dir in find_runs(root):
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+    for run_dir in find_runs(root, failed=True):
+        status = run_status(run_dir)
+        if status == "incomplete":
             continue
-        summary = {k: v for k, v in json.loads(summary_path.read_text()).items() if not isinstance(v, dict)}
-        rows.append({"run": str(run_dir.relative_to(root)) if run_dir != root else ".",
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
+        summary = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        if status == "failed":
+            summary.setdefault("error", read_failure(run_dir))
+        rows.append({"run": str(run_dir.relative_to(root)) if run_dir != root else ".", "status": status,
                      **run_config_columns(run_dir), **summary})
     return pd.DataFrame(rows)
 

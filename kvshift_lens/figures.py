@@ -13,17 +13,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from kvshift_lens.analysis import find_runs, load_runs  # noqa: E402
-from kvshift_lens.models import ModelConfig, build_module, load_model, shift_coefficients  # noqa: E402
-from kvshift_lens.stats import fmt_ci, mean_ci  # noqa: E402
+from kvshift_lens.analysis import find_runs, load_runs
+from kvshift_lens.models import ModelConfig, build_module, load_model, shift_coefficients
+from kvshift_lens.stats import fmt_ci, mean_ci
 
 CURVE_COLUMNS = ["run", "seed", "label", "step", "induction_acc", "eval_loss", "train_loss", "train_seconds"]
 QUADRANTS = ("α1>α2, β1>β2", "α1>α2, β1<β2", "α1<α2, β1>β2", "α1<α2, β1<β2")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from kvshift_lens.errors import ConfigError
 from kvshift_lens.mixers import MIXERS, MixerOptions
-from kvshift_lens.registry import build_dataclass
+from kvshift_lens.schema import build
 
 if TYPE_CHECKING:
     from transformer_lens.config import TransformerBridgeConfig
@@ -75,7 +75,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.mixer, MixerOptions):  # a name or a mapping, e.g. ModelConfig(mixer="canon")
-            self.mixer = build_dataclass(MixerOptions, self.mixer, "model.mixer")
+            self.mixer = build(MixerOptions, self.mixer, "model.mixer")
         if self.d_head is None and self.n_heads > 0:
             self.d_head = self.d_model // self.n_heads if self.d_model % self.n_heads == 0 else None
         self.validate()
@@ -135,7 +135,7 @@ class ModelConfig:
     def from_dict(cls, d: Any) -> "ModelConfig":
         """Build from a mapping (a hydra node, config.json, checkpoint metadata), legacy flat layout
         included; unknown keys and bad values raise one-line `ConfigError`s."""
-        return build_dataclass(cls, d, "model", upgrade=upgrade_legacy)
+        return build(cls, d, "model", upgrade=upgrade_legacy)
 
     def tl_config(self) -> "TransformerBridgeConfig":
         """The TransformerLens config the bridge and the native blocks are built from."""
@@ -157,6 +157,6 @@ class ModelConfig:
             normalization_type=NORMS[self.norm],
             positional_embedding_type="standard" if self.positions == "learned" else self.positions,
             architecture="TransformerLensNative",
-            default_prepend_bos=False,
+            default_prepend_bos=True,  # string inputs (tokenizer tools) start with [BOS], like the tasks
             seed=self.seed,
         )

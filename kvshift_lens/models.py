@@ -15,9 +15,7 @@ inside the bridge (`build_model`) the explicit softmax runs so `hook_pattern` ed
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -26,8 +24,6 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches boot_native)
 from transformer_lens import TransformerBridge
@@ -43,6 +39,7 @@ from kvshift_lens.errors import ConfigError
 from kvshift_lens.mixers import ATTENTION_SLOTS, BLOCK_SLOTS, MLP_SLOTS, SLOTS, LagMixer, shift
 from kvshift_lens.mixers.kv_shift import KVShift
 from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.tokenizer import synthetic_tokenizer
 
 __all__ = ["ConfigError", "ModelConfig", "shift"]  # re-exported: their home moved out of this module
 
@@ -322,12 +319,14 @@ def _add_mixer_components(cfg: ModelConfig, block: MixerBlock) -> Callable[[Arch
 
 def to_bridge(module: NativeModel) -> TransformerBridge:
     """Wrap a bare model from `build_module` in a TransformerBridge (in place: deep-copy first
-    to keep training the bare module)."""
+    to keep training the bare module), with its attached tokenizer or one over its synthetic vocabulary."""
     cfg: ModelConfig = module.kv_cfg
+    tokenizer = getattr(module, "kv_tokenizer", None) or synthetic_tokenizer(cfg.d_vocab)
     bridge = build_bridge_from_module(
         module,
         architecture="TransformerLensNative",
         tl_config=cfg.tl_config(),
+        tokenizer=tokenizer,
         model_name=f"kvshift_lens-{cfg.arch}-{cfg.n_layers}L",
         post_adapter_hook=_add_mixer_components(cfg, module.layers[0]),
     )
@@ -341,7 +340,6 @@ def build_model(cfg: ModelConfig) -> TransformerBridge:
 
 
 Model = Union[TransformerBridge, NativeModel]
-CHECKPOINT_FORMAT = "kvshift_lens.model/1"
 
 
 def model_config(model: Model) -> ModelConfig:
@@ -443,50 +441,10 @@ def shift_coefficients(model: Model) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def save_model(model: Model, path: Union[str, Path]) -> Path:
-    """Write config + weights to one safetensors file (no pickle)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in bare_state_dict(model).items()}
-    meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(model_config(model).to_dict())}
-    save_file(tensors, str(path), metadata=meta)
-    return path
+def __getattr__(name: str):
+    """`save_model`, `load_model`, `read_checkpoint` live in `kvshift_lens.checkpoints`; importable from here too."""
+    if name in ("save_model", "load_model", "read_checkpoint", "CHECKPOINT_FORMAT"):
+        from kvshift_lens import checkpoints
 
-
-def read_checkpoint(path: Union[str, Path]) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, str]]:
-    """Config, tensors and metadata of a kvshift_lens safetensors file, or one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model checkpoint at {path}: check the path (files are *.safetensors)")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({e}); it is corrupt or "
-                         f"not a kvshift_lens model: re-save it with kvshift_lens.save_model") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is a safetensors file but not a kvshift_lens model "
-                         f"(format={meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-    try:
-        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    except (KeyError, ValueError, TypeError) as e:  # ConfigError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{path} has no valid kvshift_lens model config in its metadata ({e!r}); "
-                         f"the file is corrupt or was edited: re-save it with kvshift_lens.save_model") from None
-    return cfg, tensors, meta
-
-
-def load_model(path: Union[str, Path], device: Union[str, torch.device, None] = None) -> TransformerBridge:
-    """Rebuild the bridge saved by `save_model`, bit-identical weights."""
-    cfg, tensors, _ = read_checkpoint(path)
-    module = build_module(cfg)
-    try:
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-    except RuntimeError as e:  # size mismatch between the file's tensors and its config
-        raise ValueError(f"{path} does not match its own config ({e}); the file is corrupt or was edited") from None
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match its own config: missing {missing}, unexpected "
-                         f"{unexpected}; the file is corrupt or was edited")
-    return to_bridge(module.to(device) if device is not None else module)
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

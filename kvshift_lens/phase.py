@@ -18,16 +18,13 @@ import math
 from functools import lru_cache
 from typing import Optional, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from kvshift_lens.analysis import unflatten  # noqa: E402
-from kvshift_lens.models import ModelConfig, build_module  # noqa: E402
+from kvshift_lens.analysis import unflatten
+from kvshift_lens.models import ModelConfig, build_module
 
 THRESHOLD = 0.9
 EMBEDDING_MODULES = ("tok_embed", "pos", "head")  # top-level modules of `build_module` counted as embeddings

@@ -1,16 +1,15 @@
-"""Name -> class registries for the plug-in parts (mixers, tasks) and the one function that builds a
-config dataclass from plain data (a hydra node, config.json), nested and tagged dataclasses included.
+"""Name -> class registries for the plug-in parts (mixers, tasks).
 
 A *tagged* dataclass base (`MixerOptions`, `TaskConfig`) carries a `registry` class attribute; a
-field annotated with it, or `build_dataclass(Base, data)`, picks the registered subclass named by
-`data["name"]`. A bare string stands for "that name with default options". Torch-free.
+field annotated with it, or `kvshift_lens.schema.build(Base, data)`, picks the registered subclass
+named by `data["name"]` (`resolve`). A bare string stands for "that name with default options".
+Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
-from typing import Any, Callable, Generic, Mapping, Optional, Type, TypeVar
+from typing import Any, Generic, Mapping, Optional, Type, TypeVar
 
 from kvshift_lens.errors import ConfigError
 
@@ -51,14 +50,6 @@ class Registry(Generic[T]):
         return name in self._classes
 
 
-def _tagged_base(annotation: Any) -> Optional[type]:
-    """The dataclass an annotation names (`X`, `Optional[X]`), or None."""
-    if dataclasses.is_dataclass(annotation):
-        return annotation
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
-
-
 def resolve(cls: type, data: Any, group: str) -> tuple[type, dict]:
     """(concrete class, field dict) for `data` under `cls`: a tagged class picks its subclass by `name`."""
     registry: Optional[Registry] = getattr(cls, "registry", None)
@@ -77,29 +68,3 @@ def resolve(cls: type, data: Any, group: str) -> tuple[type, dict]:
             raise ConfigError(f"{group}.name={name!r} is a {registry.kind} but not a {cls.__name__}")
         cls = concrete
     return cls, data
-
-
-def build_dataclass(cls: Type[T], data: Any, group: str, upgrade: Optional[Callable[[dict], dict]] = None) -> T:
-    """Instantiate config dataclass `cls` from plain data, recursing into dataclass-typed fields; unknown
-    fields, wrong argument types and failed `validate()` checks raise one-line `ConfigError`s naming
-    `group.field`. `upgrade` maps a legacy layout of `data` to the current one first."""
-    cls, data = resolve(cls, data, group)
-    if upgrade is not None:
-        data = upgrade(data)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown field(s) {[f'{group}.{k}' for k in unknown]}; valid: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        sub = _tagged_base(hints.get(name))
-        if sub is not None and value is not None and not dataclasses.is_dataclass(value):
-            data[name] = build_dataclass(sub, value, f"{group}.{name}")
-    try:
-        obj = cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{group}: {e}") from None
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj

@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -23,65 +22,27 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kvshift_lens.errors import ConfigError
+from kvshift_lens.checkpoints import save_model, state_sha256
+from kvshift_lens.config import check_compatible
+from kvshift_lens.errors import ConfigError, TrainingDiverged
 from kvshift_lens.icl import token_losses
 from kvshift_lens.model_config import ModelConfig
-from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters, save_model
+from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters
 from kvshift_lens.tasks import Batch, Task, TaskConfig, make_task, task_config
 from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
+from kvshift_lens.tokenizer import attach_tokenizer
+from kvshift_lens.train_config import TrainConfig
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
 RESUME_FILE = "resume.pt"
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping knobs (the hydra `train` group schema)."""
-
-    steps: int = 3000  # optimizer steps
-    lr: float = 3e-3  # peak learning rate
-    batch_size: int = 64  # sequences per step
-    warmup: int = 50  # linear warmup steps
-    schedule: str = "constant"  # after warmup: "constant" | "cosine" (to min_lr_ratio·lr)
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, mixer coefficients)
-    beta1: float = 0.9  # AdamW β1 (paper 0.9)
-    beta2: float = 0.95  # AdamW β2 (paper 0.95)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    loss_on: str = "all"  # "all" next tokens | "scored" positions only
-    eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
-    eval_size: int = 512  # held-out sequences, fixed per seed
-    n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis
-    eval_at_checkpoints: bool = False  # also evaluate at every checkpoint step (text: ICL where detectors run)
-    stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the first field that cannot work and how to fix it."""
-        for name in ("steps", "batch_size", "eval_every", "eval_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if not 0 <= self.stop_at <= 1:
-            raise ConfigError(f"train.stop_at={self.stop_at} must be an accuracy in [0, 1] (0 disables early stopping)")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr={self.lr} must be > 0")
-        if self.warmup < 0:
-            raise ConfigError(f"train.warmup={self.warmup} must be >= 0")
-        if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"train.schedule={self.schedule!r} must be 'constant' or 'cosine'")
-        if self.loss_on not in ("all", "scored"):
-            raise ConfigError(f"train.loss_on={self.loss_on!r} must be 'all' or 'scored'")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda'")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto")
-
-
 def pick_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU."""
+    """`auto` -> CUDA when available, else CPU; `cuda` without a visible device is a `ConfigError`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto")
     return torch.device(name)
 
 
@@ -102,19 +63,6 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
         return []
     grid = np.unique(np.round(np.geomspace(1, steps, n)).astype(int))
     return sorted({0, *grid.tolist(), steps})
-
-
-def check_compatible(model: ModelConfig, task: TaskConfig) -> None:
-    """Reject model/task pairs that cannot run together, naming the field to change."""
-    if task.seq_len > model.n_ctx:
-        raise ConfigError(
-            f"task.seq_len={task.seq_len} exceeds model.n_ctx={model.n_ctx}; "
-            f"set model.n_ctx>={task.seq_len} or shorten the task"
-        )
-    if task.d_vocab > model.d_vocab:
-        raise ConfigError(
-            f"task.d_vocab={task.d_vocab} exceeds model.d_vocab={model.d_vocab}; set model.d_vocab>={task.d_vocab}"
-        )
 
 
 def batch_loss(logits: torch.Tensor, batch: Batch, on: str) -> torch.Tensor:
@@ -198,9 +146,16 @@ def _write_metrics(path: Path, rows: list[dict], columns: list[str] = METRIC_COL
     os.replace(tmp, path)
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_resume(state: dict, path: Path) -> None:
+    """Write the rolling resume checkpoint atomically, with the sha256 of its contents."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({**state, "sha256": state_sha256(state)}, tmp)
     os.replace(tmp, path)
 
 
@@ -219,12 +174,18 @@ def same_run(stored: Optional[str], identity: dict) -> bool:
 
 
 def load_resume(path: Path) -> dict:
-    """Read a rolling resume checkpoint (tensors and plain data only), or one clear error."""
+    """Read a rolling resume checkpoint (tensors and plain data only, checksum verified), or one clear error."""
+    fix = "delete it to restart this run from scratch"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files
-        raise ValueError(f"{path} is corrupt or not a kvshift_lens resume checkpoint ({type(e).__name__}); "
-                         f"delete it to restart this run from its last model checkpoint or from scratch") from None
+        raise ValueError(f"{path} is corrupt or not a kvshift_lens resume checkpoint ({type(e).__name__}); {fix}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a kvshift_lens resume checkpoint; {fix}")
+    digest = state.pop("sha256", None)  # None: written before checksums
+    if digest is not None and digest != state_sha256(state):
+        raise ValueError(f"{path} is corrupt: its contents do not match the sha256 saved with them; {fix}")
+    return state
 
 
 def train(
@@ -238,7 +199,8 @@ def train(
     """Train (or resume) one run in `run_dir`; return its summary (also written to summary.json).
 
     Writes metrics.csv (one row per evaluation), checkpoints/step_XXXXXXX.safetensors at
-    log-spaced steps, a rolling resume.pt, and summary.json at the end.
+    log-spaced steps, a rolling resume.pt (sha256-checked), and summary.json (`status`: completed, or
+    diverged when the loss turns non-finite: then `TrainingDiverged` is raised after writing it).
     """
     cfg.validate()
     model_cfg.validate()
@@ -252,6 +214,8 @@ def train(
 
     model = build_module(model_cfg).to(device)
     model.train()
+    if task.tokenizer is not None:  # text: checkpoints carry it, so TL's string tools work on reloaded models
+        attach_tokenizer(model, task.tokenizer, **task.special_tokens)
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(model_cfg.seed)
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
@@ -277,7 +241,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])  # unused by our code; kept for user hooks
         step, train_seconds, recent = int(state["step"]), float(state["train_seconds"]), list(state["recent"])
         rows = _read_metrics(metrics_path, step)
-    (run_dir / "config.json").write_text(json.dumps(json.loads(run_config), indent=2))
+    _write_text(run_dir / "config.json", json.dumps(json.loads(run_config), indent=2))
     started = time.perf_counter()
 
     def log_eval() -> dict:
@@ -292,6 +256,26 @@ def train(
     if step == 0:
         log_eval()
         save_model(model, run_dir / "checkpoints" / "step_0000000.safetensors")
+
+    def write_summary(status: str, error: Optional[str] = None) -> dict:
+        summary = {"status": status, **({"error": error} if error else {}), **summarize(rows, threshold=0.9)}
+        tokens = step * cfg.batch_size * task_cfg.seq_len
+        summary.update({
+            **{f"final_{name}": float(rows[-1][name]) for name in task.metric_names},
+            "train_tokens": tokens,
+            "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
+            "wall_seconds_this_session": round(time.perf_counter() - started, 3),
+            "train_seconds": round(train_seconds, 3),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "git_commit": git_commit(),
+            "config": json.loads(run_config),
+            "chance_accuracy": task.chance_accuracy,
+            "stopped_early": step < cfg.steps,
+        })
+        _write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
     def reached_stop() -> bool:
         return cfg.stop_at > 0 and bool(rows) and float(rows[-1]["induction_acc"]) >= cfg.stop_at
 
@@ -302,6 +286,10 @@ def train(
             group["lr"] = lr_at(step, cfg)
         batch = _to(task.sample(cfg.batch_size, data_gen), device)
         loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # stop before the update: the last checkpoints stay finite
+            write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
+            raise TrainingDiverged(f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -309,7 +297,7 @@ def train(
         opt.step()
         constrain_(model)
         step += 1
-        recent = (recent + [loss.item()])[-cfg.eval_every:]
+        recent = (recent + [loss_value])[-cfg.eval_every:]
         train_seconds += time.perf_counter() - t0
         bar.update(1)
         if step in ckpt_steps:
@@ -319,29 +307,12 @@ def train(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row = log_eval()
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_resume({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
                           "train_seconds": train_seconds, "recent": recent,
                           "config": json.dumps(identity, sort_keys=True)}, resume_path)
     bar.close()
-
-    summary = summarize(rows, threshold=0.9)
-    tokens = step * cfg.batch_size * task_cfg.seq_len
-    summary.update({
-        **{f"final_{name}": float(rows[-1][name]) for name in task.metric_names},
-        "train_tokens": tokens,
-        "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
-        "wall_seconds_this_session": round(time.perf_counter() - started, 3),
-        "train_seconds": round(train_seconds, 3),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "git_commit": git_commit(),
-        "config": json.loads(run_config),
-        "chance_accuracy": task.chance_accuracy,
-        "stopped_early": step < cfg.steps,
-    })
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_summary("completed")
 
 
 def summarize(rows: list[dict], threshold: float = 0.9) -> dict:

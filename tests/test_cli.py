@@ -1,23 +1,27 @@
-"""The hydra command line: single runs, sweeps with every launcher, bad input, load_runs."""
+"""The hydra command line: single runs, sweeps with every launcher, bad input, failed jobs, load_runs."""
 
+import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kvshift_lens.analysis import load_runs, load_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2",
-        "train.steps=4", "train.eval_every=2", "train.eval_size=8", "train.batch_size=4",
+        "train.steps=4", "train.warmup=1", "train.eval_every=2", "train.eval_size=8", "train.batch_size=4",
         "train.n_checkpoints=2", "train.threads=1", "progress=false"]
 
 
-def cli(*args: str, out: Path) -> subprocess.CompletedProcess:
+def cli(*args: str, out: Path, module: str = "experiments.train") -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", "experiments.train", *args, f"out_dir={out}"],
+    extra = [f"out_dir={out}"] if module == "experiments.train" else []
+    return subprocess.run([sys.executable, "-m", module, *args, *extra],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -28,6 +32,7 @@ def test_single_run_writes_its_files_and_loads_into_pandas(tmp_path):
     assert {"metrics.csv", "summary.json", "config.json", "checkpoints", "resume.pt"} <= {p.name for p in run_dir.iterdir()}
     df = load_runs(tmp_path)
     assert set(df["model.n_layers"]) == {2} and set(df.seed) == {3} and list(df.step) == [0, 2, 4]
+    assert set(df.status) == {"completed"}
 
 
 def test_rerunning_the_same_command_resumes_instead_of_restarting(tmp_path):
@@ -37,29 +42,145 @@ def test_rerunning_the_same_command_resumes_instead_of_restarting(tmp_path):
     assert len(load_runs(tmp_path)) == 3  # steps 0, 2, 4 once each
 
 
-@pytest.mark.parametrize("override,field", [
-    ("model.n_heads=4 model.d_model=30", "d_model"),
-    ("model.mixer=transformer", "model.mixer"),
-    ("model.mixer.window=0", "model.mixer.window"),
-    ("model/mixer=canon model.mixer.positions=AC", "model.mixer.positions"),
-    ("task=mqar task.num_kv_pairs=40", "task.seq_len"),
-    ("train.steps=0", "train.steps"),
-    ("model.n_ctx=8", "n_ctx"),
-    ("task.name=copying", "task.name"),
-])
-def test_bad_config_prints_one_line_naming_the_field(tmp_path, override, field):
-    r = cli(*TINY, *override.split(), out=tmp_path)
-    assert r.returncode != 0
-    assert field in r.stderr and "Traceback" not in r.stderr
-    assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1
-    assert not list(tmp_path.rglob("metrics.csv"))
+# One line each, named field: (case id, overrides, text the line must contain). Each runs the real CLI.
+BAD_INPUT = [
+    ("seed-not-int", "seed=abc", "seed='abc': expected an integer, got str"),
+    ("steps-not-int", "train.steps=abc", "train.steps='abc': expected an integer"),
+    ("lr-not-number", "train.lr=abc", "train.lr='abc': expected a number"),
+    ("d_model-word", "model.d_model=sixty", "model.d_model='sixty': expected an integer"),
+    ("steps-fraction", "train.steps=1.5", "train.steps=1.5: expected an integer, got float"),
+    ("lr-nan", "train.lr=nan", "train.lr=nan: expected a finite number"),
+    ("progress-not-bool", "progress=maybe", "progress='maybe': expected true or false"),
+    ("attn_only-not-bool", "model.attn_only=yes", "model.attn_only='yes': expected true or false"),
+    ("d_head-not-int", "model.d_head=abc", "model.d_head='abc': expected an integer or null"),
+    ("d_vocab-list", "task.d_vocab=[1,2]", "task.d_vocab=[1, 2]: expected an integer, got list"),
+    ("batch-null", "train.batch_size=null", "train.batch_size=None: expected an integer, got null"),
+    ("n_layers-mapping", "model.n_layers={a:1}", "model.n_layers={'a': 1}: expected an integer, got dict"),
+    ("warmup-beyond-steps", "train.warmup=1e9", "train.warmup=1000000000 must be < train.steps=4"),
+    ("eval_every-beyond-steps", "train.eval_every=100", "train.eval_every=100 exceeds train.steps=4"),
+    ("steps-zero", "train.steps=0", "train.steps=0 must be >= 1"),
+    ("lr-negative", "train.lr=-1", "train.lr=-1.0 must be > 0"),
+    ("schedule-unknown", "train.schedule=linear", "train.schedule='linear' is not supported"),
+    ("device-unknown", "train.device=tpu", "train.device='tpu' is not supported"),
+    ("beta1-above-one", "train.beta1=1.5", "train.beta1=1.5 must lie in [0, 1)"),
+    ("stop_at-above-one", "train.stop_at=2", "train.stop_at=2.0 must lie in [0, 1]"),
+    ("threads-negative", "train.threads=-1", "train.threads=-1 must be >= 0"),
+    ("mixer-unknown", "model.mixer=transformer", "model.mixer.name='transformer' is not a known mixer"),
+    ("mixer-option-choice", "model.mixer.param=sigmoid", "model.mixer.param='sigmoid': expected one of ['free',"),
+    ("canon-in-attention-only-model", "model/mixer=canon model.mixer.positions=AC",
+     "model.mixer.positions='AC' puts Canon layers in the MLP (C) but model.attn_only=true"),
+    ("heads-not-dividing", "model.n_heads=4 model.d_model=30", "model.d_model=30 is not divisible by model.n_heads=4"),
+    ("mixer-window-zero", "model.mixer.window=0", "model.mixer.window=0 must be >= 1"),
+    ("rotary-odd-d_head", "model.positions=rotary model.d_head=3", "model.d_head=3 must be even for positions=rotary"),
+    ("kv_heads-not-dividing", "model.n_kv_heads=3", "model.n_kv_heads=3 must divide model.n_heads=2"),
+    ("init_std-negative", "model.init_std=-1", "model.init_std=-1.0 must be > 0"),
+    ("context-too-short", "model.n_ctx=8", "task.seq_len=16 exceeds model.n_ctx=8"),
+    ("task-unknown", "task.name=copying", "task.name='copying' is not a known task"),
+    ("mqar-too-short", "task=mqar task.num_kv_pairs=40", "task.seq_len=16 is too short for mqar with task.num_kv_pairs=40"),
+    ("seq_len-too-short", "task.seq_len=2 model.n_ctx=16", "task.seq_len=2 is too short for induction"),
+    ("n_pairs-impossible", "task=ngram task.n_pairs=100000", "task.n_pairs=100000 is impossible for ngram"),
+    ("unknown-field", "train.foo=1", "train.foo is not a config field"),
+    ("legacy-field", "model.arch=vanilla", "model.arch is not a config field"),
+    ("unknown-appended-field", "+train.bar=2", "unknown field(s) ['train.bar']"),
+    ("model-preset-unknown", "model=nonexistent", "Could not find 'model/nonexistent'; available: base,"),
+    ("override-grammar", "train.steps=[1", "no viable alternative at input '[1'"),
+    ("interpolation-broken", "model.d_vocab=${nope}", "Interpolation key 'nope' not found (resolving hydra.run.dir)"),
+]
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local_parallel", "cluster_local"])
-def test_multirun_sweeps_every_combination(tmp_path, launcher):
-    r = cli("-m", f"hydra/launcher={launcher}", "model=vanilla_1l,kvshift_1l", "seed=0,1", "name=t", *TINY,
-            out=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    summaries = load_summaries(tmp_path / "sweeps" / "t")
-    assert sorted(zip(summaries["model.arch"], summaries.seed)) == [
-        ("kvshift", 0), ("kvshift", 1), ("vanilla", 0), ("vanilla", 1)]
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every BAD_INPUT case through the CLI, two processes at a time (each costs one interpreter start)."""
+    def run(case):
+        out = tmp_path_factory.mktemp(case[0]) / "runs"
+        return out, cli(*TINY, *case[1].split(), out=out)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case[0]: pool.submit(run, case) for case in BAD_INPUT}
+        yield {name: future for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case,overrides,message", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_gets_one_line_naming_the_value_and_leaves_nothing_on_disk(bad_input_runs, case, overrides, message):
+    out, r = bad_input_runs[case].result()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_metrics(tmp_path):
+    r = cli(*TINY, "train.lr=1e3", "train.steps=40", out=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == ["error: diverged at step 4 (loss nan): lower train.lr"]
+    run = load_summaries(tmp_path)
+    assert list(run.status) == ["diverged"] and list(run.final_step) == [2]
+    assert list(load_runs(tmp_path).step) == [0, 2]
+
+
+SWEEP_JOBS = "model.d_model=16,sixty,32"  # three jobs, the middle one invalid
+# torch threads each job gets when train.threads is left at 0
+LAUNCHER_THREADS = {"local_parallel": max(1, (os.cpu_count() or 1) // 2), "cluster_local": 1, "submitit_local": 1}
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel", "cluster_local", "submitit_local"])
+def test_a_failing_job_costs_no_other_job_and_the_sweep_reports_it(tmp_path, launcher):
+    tiny = [a for a in TINY if not a.startswith(("model.d_model", "train.threads"))]
+    r = cli("-m", f"hydra/launcher={launcher}", SWEEP_JOBS, "name=t", *tiny, out=tmp_path)
+    sweep = tmp_path / "sweeps" / "t"
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "UncompletedJobError" not in r.stderr
+    failed = [p.parent for p in sweep.rglob("error.txt")]
+    assert len(failed) == 1 and "model.d_model=sixty" in failed[0].name
+    error = "model.d_model='sixty': expected an integer, got str"
+    assert r.stderr.strip().splitlines()[-1] == f"{failed[0]}: {error}"  # the sweep's last line
+    summaries = load_summaries(sweep).sort_values("run")
+    assert list(zip(summaries["model.d_model"].astype(str), summaries.status)) == [
+        ("16", "completed"), ("32", "completed"), ("sixty", "failed")]
+    assert summaries.error.iloc[-1] == error and list(summaries.final_step[:2]) == [4, 4]
+    if launcher in LAUNCHER_THREADS:  # jobs side by side share the cores
+        assert set(summaries.threads[:2]) == {LAUNCHER_THREADS[launcher]}
+    with pytest.warns(UserWarning, match=r"1 run\(s\) failed before their first evaluation.*'sixty'"):
+        runs = load_runs(sweep)  # the failed job has no metrics rows: named, not silently skipped
+    assert set(runs.status) == {"completed"} and len(runs) == 6  # steps 0, 2, 4 of the two finished runs
+
+
+def test_a_rerun_that_succeeds_clears_the_failure_and_old_failures_are_not_reported(tmp_path):
+    sweep = tmp_path / "sweeps" / "t"
+    assert cli("-m", "name=t", *TINY, out=tmp_path).returncode == 0
+    resume = next(sweep.rglob("resume.pt"))
+    resume.write_bytes(b"garbage")
+    r = cli("-m", "name=t", *TINY, out=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(f"{resume.parent}: {resume} is corrupt")
+    assert load_summaries(sweep).status.tolist() == ["failed"]
+    other = cli("-m", "name=t", "seed=1", *TINY, out=tmp_path)  # another job of the same sweep directory
+    assert other.returncode == 0, other.stderr  # the earlier failure is not this invocation's
+    resume.unlink()
+    assert cli("-m", "name=t", *TINY, out=tmp_path).returncode == 0
+    assert not list(sweep.rglob("error.txt")) and set(load_summaries(sweep).status) == {"completed"}
+
+
+def test_detect_accepts_any_run_directory_path(tmp_path):
+    r = cli("-m", "seed=0", "name=t", *TINY, out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(p.parent for p in (tmp_path / "sweeps" / "t").rglob("metrics.csv"))
+    assert "=" in run_dir.name and "," in run_dir.name  # Hydra's override grammar rejects it unquoted
+    d = cli(str(run_dir), "batch_size=4", out=tmp_path, module="experiments.detect")
+    assert d.returncode == 0, d.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["emergence_threshold"] > 0
+    bad = cli(str(tmp_path / "nowhere"), out=tmp_path, module="experiments.detect")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"error: run_dir={tmp_path / 'nowhere'}: no such directory (give a run or sweep directory)"]
+
+
+def test_detect_quotes_the_run_directory_for_hydra(tmp_path):
+    from experiments.detect import path_overrides
+
+    run = tmp_path / "a" / "train.steps=300,x=1"
+    run.mkdir(parents=True)
+    assert path_overrides([str(run), "batch_size=4"]) == [f"run_dir='{run}'", "batch_size=4"]  # an existing path
+    assert path_overrides(["run_dir=runs/x=1,y=2"]) == ["run_dir='runs/x=1,y=2'"]  # any path after run_dir=
+    assert path_overrides(["runs/it's"]) == ["run_dir='runs/it\\'s'"]  # no "=": a path, existing or not
+    assert path_overrides(["--cfg", "job", "runs/a"]) == ["--cfg", "job", "run_dir='runs/a'"]
+    assert path_overrides(["seed=1"]) == ["seed=1"]

@@ -24,7 +24,7 @@ from kvshift_lens.train import TrainConfig, train
 matplotlib.use("Agg")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 N_HEADS = 2
-TINY_CLI = ["task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2", "train.steps=4",
+TINY_CLI = ["task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2", "train.steps=4", "train.warmup=1",
             "train.eval_every=2", "train.eval_size=8", "train.batch_size=4", "train.n_checkpoints=2",
             "train.threads=1", "progress=false"]
 
@@ -36,7 +36,7 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     for arch in ("kvshift", "vanilla"):
         model = ModelConfig(mixer={"kvshift": "kv_shift", "vanilla": "none"}[arch], d_model=16, n_heads=N_HEADS, d_vocab=16, n_ctx=16)
-        cfg = TrainConfig(steps=30, eval_every=10, eval_size=16, batch_size=8, n_checkpoints=4, threads=1)
+        cfg = TrainConfig(steps=30, warmup=5, eval_every=10, eval_size=16, batch_size=8, n_checkpoints=4, threads=1)
         train(model, task_config("induction", d_vocab=16, seq_len=16), cfg, root / arch, progress=False)
         analyze_run(root / arch, batch_size=4)
     return root

@@ -158,6 +158,10 @@ def test_tiny_lm_run_beats_the_unigram_baseline_and_logs_lm_metrics_at_every_che
     heads = pd.read_csv(tmp_path / "run" / "heads.csv")
     assert set(heads.step) == set(checkpoint_steps(120, 4)) and set(LM_METRICS) <= set(heads.metric)
     assert {"first_induction_head", "induction_layers", "icl_jump_step", "icl_jump_with_emergence"} <= set(s)
+    from kvshift_lens.models import load_model
+
+    model = load_model(tmp_path / "run" / "checkpoints" / "step_0000120.safetensors")  # carries the char tokenizer
+    assert model.to_str_tokens("ROMEO:") == ["<|endoftext|>", "R", "O", "M", "E", "O", ":"]
 
 
 def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path, monkeypatch, text_cache):
@@ -170,16 +174,16 @@ def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_pa
     cfg = trainer.TrainConfig(steps=40, batch_size=4, warmup=5, schedule="cosine", eval_every=20, eval_size=16,
                               n_checkpoints=6, eval_at_checkpoints=True, threads=1)
     trainer.train(model_cfg, task_cfg, cfg, tmp_path / "full", progress=False)
-    save = trainer._atomic_save
+    save = trainer.save_resume
 
     def killed_after_first_resume_point(obj, path):
         save(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "_atomic_save", killed_after_first_resume_point)
+    monkeypatch.setattr(trainer, "save_resume", killed_after_first_resume_point)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(model_cfg, task_cfg, cfg, tmp_path / "part", progress=False)
-    monkeypatch.setattr(trainer, "_atomic_save", save)
+    monkeypatch.setattr(trainer, "save_resume", save)
     trainer.train(model_cfg, task_cfg, cfg, tmp_path / "part", progress=False)
     a, b = (pd.read_csv(tmp_path / d / "metrics.csv").drop(columns="train_seconds") for d in ("full", "part"))
     pd.testing.assert_frame_equal(a, b)
@@ -206,5 +210,5 @@ def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_i
 
     run = compose(["model=vanilla_lm", "task=text", "train=lm", "task.tokenizer=bpe", "task.vocab_size=512"])
     assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256
-    with pytest.raises(ConfigError, match=r"^task\.tokenizer='word' is unknown"):
-        compose(["task=text", "task.tokenizer=word"])
+    with pytest.raises(ConfigError, match=r"task\.tokenizer='word' is unknown: use one of"):
+        compose(["task=text", "task.tokenizer=word"])  # one line: where the resolver failed, then our message

@@ -29,6 +29,7 @@ from transformer_lens import patching, utilities
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 from kvshift_lens import models as M
+from kvshift_lens.checkpoints import state_sha256, write_safetensors
 from kvshift_lens.mixers.kv_shift import KVShift
 from kvshift_lens.models import (
     ConfigError,
@@ -660,8 +661,7 @@ def test_checkpoint_missing_a_tensor_raises_value_error_naming_path_and_tensor(g
         meta = f.metadata()
     tensors = load_file(str(good_checkpoint))
     tensors.pop("layers.0.attn.k_shift.weight")
-    path = tmp_path / "dropped.safetensors"
-    save_file(tensors, str(path), metadata=meta)
+    path = write_safetensors(tensors, {**meta, "sha256": state_sha256(tensors)}, tmp_path / "dropped.safetensors")
     with pytest.raises(ValueError) as e:
         load_model(path)
     assert str(path) in str(e.value) and "k_shift" in str(e.value)

@@ -1,5 +1,7 @@
-"""Every notebooks/*.ipynb executes top to bottom in the venv's kernel (how long they take is not a test)."""
+"""Every notebooks/*.ipynb executes top to bottom in the venv's kernel (how long they take is not a test),
+and plots can render in them."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,3 +21,12 @@ def test_notebook_executes_top_to_bottom_in_the_venv(path):
     client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError naming the failing cell
+
+
+def test_importing_the_library_leaves_the_matplotlib_backend_alone():
+    # a notebook's inline backend must survive `import kvshift_lens.figures` (plots would never render)
+    code = ("import importlib, pkgutil, matplotlib, kvshift_lens; matplotlib.use('svg');"
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(kvshift_lens.__path__, 'kvshift_lens.')];"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

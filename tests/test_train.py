@@ -9,7 +9,8 @@ import torch
 from kvshift_lens.errors import ConfigError
 from kvshift_lens.models import ModelConfig, build_module, load_model
 from kvshift_lens.tasks import make_task, task_config
-from kvshift_lens.train import TrainConfig, batch_loss, checkpoint_steps, lr_at, make_optimizer, scored_correct, train
+from kvshift_lens.train import (TrainConfig, TrainingDiverged, batch_loss, checkpoint_steps, load_resume, lr_at,
+                                make_optimizer, save_resume, scored_correct, train)
 
 TINY_TASK = task_config("induction", d_vocab=16, seq_len=16, seed=0)
 TINY_MODEL = ModelConfig(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
@@ -90,9 +91,9 @@ def test_resumed_run_ends_with_identical_metrics(tmp_path):
     part = tmp_path / "part"
     train(TINY_MODEL, TINY_TASK, tiny_train(steps=8), part, progress=False)
     # An interrupted run: same config, killed after step 8. Rewrite its resume config to the full run's.
-    state = torch.load(part / "resume.pt", weights_only=True)
-    state["config"] = torch.load(full / "resume.pt", weights_only=True)["config"]
-    torch.save(state, part / "resume.pt")
+    state = load_resume(part / "resume.pt")
+    state["config"] = load_resume(full / "resume.pt")["config"]
+    save_resume(state, part / "resume.pt")
     train(TINY_MODEL, TINY_TASK, tiny_train(), part, progress=False)
     a, b = pd.read_csv(full / "metrics.csv"), pd.read_csv(part / "metrics.csv")
     pd.testing.assert_frame_equal(a.drop(columns="train_seconds"), b.drop(columns="train_seconds"))
@@ -103,7 +104,7 @@ def test_resumed_run_ends_with_identical_metrics(tmp_path):
 
 def test_a_run_written_before_the_mixer_registry_resumes_under_its_new_config(tmp_path):
     train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
-    state = torch.load(tmp_path / "resume.pt", weights_only=True)
+    state = load_resume(tmp_path / "resume.pt")  # saved back below without a checksum, as such runs were
     old = json.loads(state["config"])
     old["model"] = {**{k: v for k, v in old["model"].items() if k != "mixer"},
                     "arch": "kvshift", "shift": "kv", "shift_param": "free", "shift_window": 1}
@@ -137,6 +138,50 @@ def test_corrupt_resume_checkpoint_gets_one_clear_error(tmp_path):
     (tmp_path / "resume.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="resume.pt is corrupt"):
         train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+
+
+def test_resume_checkpoint_with_flipped_tensor_bytes_is_refused_naming_the_file(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    path = tmp_path / "resume.pt"
+    state = load_resume(path)
+    name = max(state["model"], key=lambda k: state["model"][k].numel())
+    good = state["model"][name].clone()
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(good.numpy().tobytes()[:64])  # the tensor's bytes inside torch's zip archive
+    assert at > 0
+    raw[at + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["model"][name].ne(good).any()  # torch loads it silently
+    with pytest.raises(ValueError, match="resume.pt is corrupt.*delete it to restart this run from scratch"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_the_run_at_that_step_and_keeps_its_metrics(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"^diverged at step 4 \(loss nan\): lower train.lr$"):
+        train(TINY_MODEL, TINY_TASK, tiny_train(lr=1e3, steps=40, eval_every=2), tmp_path, progress=False)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics.step) == [0, 2]  # evaluations before the divergence stay on disk
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["error"].startswith("diverged at step 4")
+    assert summary["final_step"] == 2
+    for ckpt in (tmp_path / "checkpoints").iterdir():  # nothing non-finite was saved
+        assert all(t.isfinite().all() for t in load_model(ckpt).state_dict().values())
+
+
+def test_finished_run_summary_says_completed(tmp_path):
+    assert train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)["status"] == "completed"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("warmup", 12, "train.warmup=12 must be < train.steps=12"),
+    ("eval_every", 13, "train.eval_every=13 exceeds train.steps=12"),
+    ("beta2", 1.0, "train.beta2=1.0 must lie in"),
+    ("min_lr_ratio", 2.0, "train.min_lr_ratio=2.0 must lie in"),
+    ("n_checkpoints", -1, "train.n_checkpoints=-1 must be >= 0"),
+])
+def test_nonsense_train_values_are_errors(tmp_path, field, value, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        train(TINY_MODEL, TINY_TASK, tiny_train(**{field: value}), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("lr", -1.0), ("schedule", "linear")])

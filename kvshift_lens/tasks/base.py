@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from kvshift_lens.errors import ConfigError
-from kvshift_lens.registry import Registry, build_dataclass
+from kvshift_lens.registry import Registry
+from kvshift_lens.schema import build as build_config
 
 BOS, PAD, NO_ANSWER = 0, 1, 2
 N_SPECIAL = 3  # content tokens are [N_SPECIAL, d_vocab)
@@ -43,11 +44,14 @@ class Batch(NamedTuple):
 class Task(ABC):
     """A next-token task; `sample` is a pure function of the generator state.
 
-    Optional hooks (defaults suit synthetic tasks): `held_out` builds the fixed evaluation set, and a task
-    that names extra held-out metrics in `metric_names` computes them in `held_out_metrics` (text does).
+    Optional hooks (defaults suit synthetic tasks): `held_out` builds the fixed evaluation set, a task that
+    names extra held-out metrics in `metric_names` computes them in `held_out_metrics`, and a task whose ids
+    come from a real tokenizer sets `tokenizer` (text does all three).
     """
 
     metric_names: tuple[str, ...] = ()  # extra metrics.csv columns, from `held_out_metrics`
+    tokenizer: Any = None  # a `tokenizers.Tokenizer` the trainer attaches to the model (None: synthetic ids)
+    special_tokens: dict[str, str] = {}  # its BOS/EOS/... names for `kvshift_lens.tokenizer.attach_tokenizer`
 
     def __init__(self, cfg: "TaskConfig") -> None:
         self.cfg = cfg
@@ -127,7 +131,7 @@ def task_config(data: Any, **overrides: Any) -> TaskConfig:
         data = dataclasses.asdict(data)
     if isinstance(data, str):
         data = {"name": data}
-    return build_dataclass(TaskConfig, {**data, **overrides}, "task")
+    return build_config(TaskConfig, {**data, **overrides}, "task")
 
 
 def make_task(cfg: Any) -> Task:

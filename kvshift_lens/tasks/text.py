@@ -31,7 +31,7 @@ from torch import Tensor
 from kvshift_lens.corpora import CORPORA, CorpusError, load_corpus
 from kvshift_lens.icl import icl_band_from_token_losses, icl_from_token_losses, icl_positions
 from kvshift_lens.tasks.base import Batch, Task, TaskConfig, check, register_task
-from kvshift_lens.tokenization import BPE_MIN_VOCAB, TOKENIZERS, TokenizerError, token_bytes, tokenized_corpus
+from kvshift_lens.tokenization import EOT, BPE_MIN_VOCAB, TOKENIZERS, TokenizerError, token_bytes, tokenized_corpus
 
 EVAL_CHAIN = 8  # held-out windows per chain (see eval_windows)
 METRICS = ("eval_bpb", "icl_score", "icl_band_score")
@@ -137,6 +137,7 @@ class TextTask(Task):
     """Random windows of a tokenized corpus's train stream; fixed windows of its validation stream."""
 
     metric_names = METRICS
+    special_tokens = {"bos_token": EOT, "eos_token": EOT}  # EOT separates documents and starts detector batches
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__(cfg)
