@@ -37,7 +37,7 @@ from kvshift_lens.train import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"cpu": "lm", "gpu": "lm_gpu", "tiny": "lm_tiny"}  # profile -> conf/experiment/<file>.yaml
-DEFAULT_GRIDS = {"cpu": ["llama_2l", "attn_only_2l", "anchor"]}  # llama_4l runs on request (--grids)
+DEFAULT_GRIDS = {"cpu": ["anchor", "llama_2l", "attn_only_2l"]}  # llama_4l runs on request (--grids)
 
 
 def section(findings: dict[str, C.Finding], anchor: list[str], meta: dict, runs: pd.DataFrame) -> str:

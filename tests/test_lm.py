@@ -212,3 +212,28 @@ def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_i
     assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256
     with pytest.raises(ConfigError, match=r"task\.tokenizer='word' is unknown: use one of"):
         compose(["task=text", "task.tokenizer=word"])  # one line: where the resolver failed, then our message
+
+
+def test_one_command_runs_the_tiny_lm_study_end_to_end(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = tmp_path / "results"
+    cmd = [sys.executable, "-m", "experiments.lm", "--profile", "tiny", "--out-dir", str(tmp_path / "runs"),
+           "--results-dir", str(res)]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = pd.read_csv(res / "lm_runs.csv")
+    assert sorted(runs.label.unique()) == ["kvshift 2L llama", "vanilla 2L llama", "vanilla 4L babygpt"]
+    assert len(runs) == 5 and (runs.train_tokens > 0).all()
+    for name in ("curves.csv", "heads.csv", "alpha_beta.csv", "curves.png", "heads.png", "alpha_beta.png"):
+        assert (res / f"lm_{name}").stat().st_size > 0
+    prov = json.loads((res / "lm.provenance.json").read_text())
+    assert prov["seeds"] == [0, 1] and set(prov["verdicts"]) == {"lm_gap", "lm_induction_heads", "lm_table4"}
+    report = (res / "REPORT.md").read_text()
+    assert "<!-- lm -->" in report and "### lm_gap" in report and "**Verdict:" in report
+    again = subprocess.run([*cmd, "--skip-train"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and pd.read_csv(res / "lm_runs.csv").equals(runs)  # outputs are functions of the runs
