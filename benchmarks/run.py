@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import RefModel
+from kvshift_lens import sweeps
+from kvshift_lens.provenance import git_commit, git_dirty, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {  # issue 6 §2 (ratios on the 2-core CPU)
@@ -281,17 +283,11 @@ def bench_training_run(overrides: list[str], tmp: Path, in_process: bool = False
 
 def run_sweep(launcher: str, overrides: list[str], out: Path) -> tuple[float, float]:
     """Wall seconds of one `experiments.train -m` sweep (process start-up included) and the
-    summed in-run train_seconds of its runs."""
-    cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}", *overrides,
-           f"out_dir={out}", "name=bench"]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                       env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"sweep with {launcher} failed:\n{r.stderr[-3000:]}")
+    summed in-run train_seconds of its runs (the launcher sets its own threads: no 1-thread env)."""
+    cmd = sweeps.sweep_command(None, out, launcher, overrides=[*overrides, "name=bench"])
+    entry = sweeps.run_sweep(cmd, out / "sweeps" / "bench", out / "bench.log", threads_per_job=None)
     summaries = list(out.rglob("summary.json"))
-    return wall, sum(json.loads(p.read_text())["train_seconds"] for p in summaries)
+    return entry["wall_seconds"], sum(json.loads(p.read_text())["train_seconds"] for p in summaries)
 
 
 def bench_sweep(overrides: list[str], reps: int, tmp: Path) -> dict:
@@ -343,16 +339,6 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def verdicts(result: dict) -> dict:
@@ -427,10 +413,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     started = time.perf_counter()
-    commit = git_commit()  # before the first partial write of bench.json makes the tree dirty
+    commit = git_commit() + ("-dirty" if git_dirty() else "")  # before the first partial write of bench.json
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     rounds = args.rounds or (2 if args.quick else 10)
 
@@ -458,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_mb": round(training["max_rss_mb"], 1),
             "git_commit": commit,
             "machine": machine_info(device),
-            "load_average": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
+            "load_average": {"start": load_start, "end": load_average()},
             "quick": args.quick,
             "details": details,
             "lm": lm,

@@ -1,180 +1,101 @@
-"""Reproduce the paper's figures: `python -m experiments.reproduce [--profile quick|full] [--only a,b] [--out results]`.
+"""Reproduce the paper's figures: `python -m experiments.reproduce [--profile quick|full|tiny] [--only a,b] [--out results]`.
 
-For each figure: run its experiment config as a multirun sweep (a subprocess of `experiments.train`
-with the profile's launcher; finished runs are skipped and killed runs resume on rerun), then write
-`<out>/<name>.csv` (tidy), `<name>.png` (drawn from that CSV) and `<name>.provenance.json`; finally
-`<out>/REPORT.md` from the same tables.
+A profile is one experiment file (`conf/experiment/reproduce*.yaml`) whose named grids hold every
+figure's runs; they train as ONE hydra multirun (`hydra/sweeper=grids`; finished runs are skipped and
+killed runs resume on rerun). Each figure then reads exactly its runs back (those whose
+`.hydra/overrides.yaml` is one of its grids' jobs) and writes `<out>/<name>.csv` (tidy),
+`<name>.png` (drawn from that CSV as re-read) and `<name>.provenance.json`; finally `<out>/REPORT.md`,
+whose verdicts come from the rules in `kvshift_lens/report/claims.py`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import matplotlib
-import pandas as pd
-from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
-from experiments import theory
-from experiments.report import splice_section
-from kvshift_lens import figures as F
-from kvshift_lens.train import git_commit
+matplotlib.use("Agg")
 
-matplotlib.use("Agg")  # an entry point that writes figures to files, never shows them
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from experiments import theory  # noqa: E402
+from kvshift_lens import provenance, sweeps  # noqa: E402
+from kvshift_lens.report import claims as C  # noqa: E402
+from kvshift_lens.report import plots as P  # noqa: E402
+from kvshift_lens.report import tables as T  # noqa: E402
+from kvshift_lens.report.markdown import finding_section, splice_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+PROFILES = {"quick": ("reproduce", "local_parallel"), "tiny": ("reproduce_tiny", "basic"),
+            "full": ("reproduce_full", "local_parallel")}  # profile -> (experiment file, launcher)
+PHASE_SECTION = "phase_diagram.md"  # written by experiments.phase_diagram; REPORT.md carries it as a section
+DETECTORS = (
+    "`induction_score` is the TransformerLens/ARENA diagonal score: mean attention from each second-copy token of "
+    "`[BOS] r r` to the token after its earlier occurrence. `repeated_tokens` draws r without replacement where the "
+    "vocabulary allows (as at the 50k vocabularies where TL/ARENA numbers come from), so the plain diagonal applies "
+    "with no row filtering; on i.i.d. r at vocab 64 a real induction head splits attention between accidental "
+    "repeats (one trained head: 0.68 plain diagonal on i.i.d. r, 0.96 on distinct r), which is why rows whose token "
+    "repeats in r are left out there. `copying_score` is Elhage et al. 2021 / Olsson et al. 2022's OV-circuit "
+    "eigenvalue score Σλ/Σ|λ| of W_U·W_OV·W_E (LayerNorm folded; KV-shift heads through the β1 value path): 1 = "
+    "copies, 0 = random. The earlier metric is kept as `copying_boost_share`: an ideal rank-16 copier over 64 tokens "
+    "scores only about −0.70 on it, so the finding reported before, \"copying is negative for every trained head\", "
+    "was that cap, not a property of the heads (the same induction head: +0.83 eigenvalue score, −0.70 boost share). "
+    "Details: docs/detect.md.")
 
 
 @dataclass
 class FigureSpec:
-    """How to draw one figure: the sweep it reads, its tidy table, plot and finding."""
+    """How to draw one figure: the grids whose runs it reads, its tidy table, plot and finding."""
 
-    sweep: str  # experiment config (conf/experiment/<sweep>.yaml) whose sweep this figure reads
-    table: Callable[[Path], pd.DataFrame]
-    plot: Callable[[pd.DataFrame], "F.Figure"]
-    find: Callable[[pd.DataFrame], F.Finding]
+    grids: tuple[str, ...]  # grid names or `<figure>/` prefixes of the profile's experiment file
+    table: Callable[[list[Path], Path], pd.DataFrame]
+    plot: Callable[[pd.DataFrame], Figure]
+    find: Callable[[pd.DataFrame], C.Finding]
 
 
 def _ablation_label(row: pd.Series) -> str:
-    return "vanilla" if row["model.arch"] == "vanilla" else f"shift {row['model.mixer.sides']}"
+    return "vanilla 1L" if row["model.arch"] == "vanilla" else f"shift {row['model.mixer.sides']}"
 
 
-def _size_label(row: pd.Series) -> str:
-    return f"{row['model.arch']} {int(row['model.n_layers'])}L d{int(row['model.d_model'])}"
+def _fig8_label(column: str, name: str) -> Callable[[pd.Series], str]:
+    return lambda r: "vanilla 1L" if r["model.arch"] == "vanilla" else f"{name}={r[column]}"
 
 
-def _ngram_table(sweep_dir: Path) -> pd.DataFrame:
-    t = F.curves_table(sweep_dir, _size_label)
+def _ngram_table(run_dirs: list[Path], root: Path) -> pd.DataFrame:
+    t = T.curves_table(run_dirs, root, lambda r: f"{r['model.arch']} {int(r['model.n_layers'])}L d{int(r['model.d_model'])}")
     t["size"] = t["label"].str.split(" ", n=1).str[1] + " (" + (t["n_params"] / 1e3).round(1).astype(str) + "K params)"
     t["size"] = t.groupby(t["label"].str.split(" ", n=1).str[1])["size"].transform("first")
     return t
 
 
-def _ngram_plot(table: pd.DataFrame) -> "F.Figure":
+def _ngram_plot(table: pd.DataFrame) -> Figure:
     sizes = sorted(table["size"].unique())
-    fig, axes = F.plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
-        F.plot_curves(table[table["size"] == size], f"3-gram: {size}", ax=ax)
+        P.plot_curves(table[table["size"] == size], f"3-gram: {size}", ax=ax)
         ax.set_ylabel("3-gram accuracy")
     fig.tight_layout()
     return fig
 
 
-FIGURES: dict[str, FigureSpec] = {
-    "fig1a_depth": FigureSpec("fig1a_depth", F.curves_table,
-                              lambda t: F.plot_curves(t, "Induction accuracy vs depth (Fig 1a)"), F.find_fig1a),
-    "fig2_landscape": FigureSpec("fig1a_depth", F.shift_table, F.plot_landscape, F.find_fig2),
-    "table4_alpha_beta": FigureSpec("fig1a_depth", F.shift_table, F.plot_quadrants, F.find_table4),
-    "fig8_variants": FigureSpec(
-        "fig8_variants", lambda d: F.curves_table(d, lambda r: f"shift_param={r['model.mixer.param']}"),
-        lambda t: F.plot_curves(t, "Shift parametrisation (Fig 8)"),
-        F.find_curves("Every parametrisation of the shift coefficients learns the induction task (1 layer).", "")),
-    "fig8_ablation": FigureSpec(
-        "fig8_ablation", lambda d: F.curves_table(d, _ablation_label),
-        lambda t: F.plot_curves(t, "Shift K and V vs K only vs V only vs vanilla (Fig 8)"),
-        F.find_curves("Shifting K, V or both lets one layer learn induction; vanilla one layer does not.", "vanilla")),
-    "fig8_window": FigureSpec(
-        "fig8_window", lambda d: F.curves_table(d, lambda r: f"window={int(r['model.mixer.window'])}"),
-        lambda t: F.plot_curves(t, "Shift window (Fig 8)"),
-        F.find_curves("A wider shift window (w = 2, 3) still learns induction in one layer.", "")),
-    "fig1b_width": FigureSpec(
-        "fig1b_width", F.curves_table,
-        lambda t: F.plot_final_vs(t, ("model.d_model", "n_params"), "Induction accuracy vs width (Fig 1b)"),
-        F.find_fig1b),
-    "fig3_ngram": FigureSpec("fig3_ngram", _ngram_table, _ngram_plot, F.find_fig3),
-    "hopk": FigureSpec(
-        "hopk", F.curves_table,
-        lambda t: F.plot_final_vs(t, ("task.hops",), "hop-k error vs hops", transform=lambda s: 1 - s,
-                                  ylabel="final hop-k error (1 − accuracy)"),
-        F.find_hopk),
-}
+def _shift_table(run_dirs: list[Path], root: Path) -> pd.DataFrame:
+    return _shifts(tuple(run_dirs), root).copy()
 
 
-def load_profile(name: str) -> dict:
-    """conf/profile/<name>.yaml as a plain dict (one clear error if absent)."""
-    path = CONF / "profile" / f"{name}.yaml"
-    if not path.exists():
-        choices = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
-        raise SystemExit(f"error: no profile {name!r} at {path}; choose one of {choices}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-
-def sweep_commands(sweep: str, profile: dict, out_dir: Path) -> list[list[str]]:
-    """The `experiments.train -m` command lines of one experiment under a profile (one per profile sweep)."""
-    spec = profile["figures"].get(sweep, {})
-    seeds = ",".join(str(s) for s in spec.get("seeds", profile.get("seeds", [0, 1, 2])))
-    base = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={profile.get('launcher', 'local_parallel')}",
-            f"+experiment={sweep}", f"out_dir={out_dir}", f"seed={seeds}", *profile.get("overrides", []),
-            *spec.get("overrides", [])]
-    return [base + list(extra) for extra in spec.get("sweeps", [[]])]
-
-
-def run_sweep(commands: list[list[str]], log: Path) -> None:
-    """Run the sweep commands in order, appending their output to `log`; raise on failure."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    for cmd in commands:
-        with log.open("a") as f:
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-        if r.returncode != 0:
-            raise RuntimeError(f"sweep failed (exit {r.returncode}): {' '.join(cmd[2:])}; see {log}")
-
-
-def _loadavg() -> Optional[list[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def training_time(sweep_dir: Path) -> dict:
-    """From the run files: summed train seconds of finished runs and the wall span from the first run's
-    step-0 checkpoint to the last summary.json (covers interrupted and resumed invocations)."""
-    summaries = list(sweep_dir.rglob("summary.json"))
-    starts = [p.stat().st_mtime for p in sweep_dir.rglob("step_0000000.safetensors")]
-    train_s = sum(json.loads(p.read_text()).get("train_seconds", 0.0) for p in summaries)
-    span = max(p.stat().st_mtime for p in summaries) - min(starts) if summaries and starts else None
-    return {"finished_runs_train_seconds_sum": round(train_s, 1),
-            "wall_span_first_run_start_to_last_run_end_s": round(span, 1) if span is not None else None}
-
-
-def provenance(name: str, spec: FigureSpec, profile: dict, commands: list[list[str]], table: pd.DataFrame,
-               wall: dict, load: dict, finished: int, sweep_dir: Path) -> dict:
-    """What produced a figure: commit, experiment config text, command lines, seeds, timings and load."""
-    exp = CONF / "experiment" / f"{spec.sweep}.yaml"
-    return {
-        "figure": name, "git_commit": git_commit(), "profile": profile.get("name"),
-        "experiment": spec.sweep, "experiment_config": exp.read_text(),
-        "overrides": [c[3:] for c in commands], "seeds": sorted(int(s) for s in table["seed"].unique()),
-        "n_runs": int(table["run"].nunique()), "runs_finished": finished, "wall_seconds": wall,
-        "training_time": training_time(sweep_dir), "load_average": load,
-        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def draw(name: str, spec: FigureSpec, sweep_dir: Path, out: Path) -> tuple[pd.DataFrame, F.Finding]:
-    """Table -> CSV -> PNG (drawn from the CSV as re-read) and the finding."""
-    spec.table(sweep_dir).to_csv(out / f"{name}.csv", index=False)
-    table = pd.read_csv(out / f"{name}.csv")
-    fig = spec.plot(table)
-    fig.savefig(out / f"{name}.png", dpi=120)
-    F.plt.close(fig)
-    finding = spec.find(table) if name != "fig2_landscape" else F.find_fig2(table, _basins())
-    return table, finding
+@lru_cache(maxsize=2)
+def _shifts(run_dirs: tuple[Path, ...], root: Path) -> pd.DataFrame:
+    """Shift coefficients of every checkpoint, loaded once for fig2 and table4 (same runs)."""
+    labels = T.curves_table(list(run_dirs), root).groupby("run")["label"].first().to_dict()
+    return T.shift_table(list(run_dirs), root, labels)
 
 
 @lru_cache(maxsize=1)
@@ -186,30 +107,84 @@ def _basins() -> pd.DataFrame:
                      ignore_index=True)
 
 
-PHASE_SECTION = "phase_diagram.md"  # written by experiments.phase_diagram; REPORT.md carries it as a section
+def _find_hopk(table: pd.DataFrame) -> C.Finding:
+    """hop-k verdict with the context-free baseline of each hops value's task."""
+    tasks = table.filter(like="task.").drop_duplicates("task.hops")
+    baseline = {int(r["task.hops"]): T.context_free_accuracy({k[len("task."):]: v for k, v in r.items()})
+                for _, r in tasks.iterrows()}
+    return C.find_hopk(table, baseline)
 
 
-def write_report(out: Path, findings: dict[str, F.Finding], profile: dict, meta: dict) -> Path:
-    """REPORT.md: per figure the claim, setup, numbers with intervals, verdict and the image."""
+FIG8 = ("fig8/base", "fig8/vanilla")
+FIGURES: dict[str, FigureSpec] = {
+    "fig1a_depth": FigureSpec(("fig1a_depth/",), T.curves_table,
+                              lambda t: P.plot_curves(t, "Induction accuracy vs depth (Fig 1a)"), C.find_fig1a),
+    "fig2_landscape": FigureSpec(("fig1a_depth/one_layer",), _shift_table, P.plot_landscape,
+                                 lambda t: C.find_fig2(t, _basins())),
+    "table4_alpha_beta": FigureSpec(("fig1a_depth/one_layer",), _shift_table, P.plot_quadrants, C.find_table4),
+    "fig8_variants": FigureSpec(
+        (*FIG8, "fig8_variants"), lambda d, r: T.curves_table(d, r, _fig8_label("model.mixer.param", "shift_param")),
+        lambda t: P.plot_curves(t, "Shift parametrisation (Fig 8)"),
+        C.find_variants("Every parametrisation of the shift coefficients learns the induction task (1 layer).", (),
+                        "vanilla 1L", baseline_must_fail=False)),
+    "fig8_ablation": FigureSpec(
+        (*FIG8, "fig8_ablation"), lambda d, r: T.curves_table(d, r, _ablation_label),
+        lambda t: P.plot_curves(t, "Shift K and V vs K only vs V only vs vanilla (Fig 8)"),
+        C.find_variants("Shifting K, V or both lets one layer learn induction; vanilla one layer does not.", (),
+                        "vanilla 1L", baseline_must_fail=True)),
+    "fig8_window": FigureSpec(
+        (*FIG8, "fig8_window"), lambda d, r: T.curves_table(d, r, _fig8_label("model.mixer.window", "window")),
+        lambda t: P.plot_curves(t, "Shift window (Fig 8)"),
+        C.find_variants("A wider shift window (w = 2, 3) still learns induction in one layer.", (), "vanilla 1L",
+                        baseline_must_fail=False)),
+    "fig1b_width": FigureSpec(("fig1b_width",), T.curves_table,
+                              lambda t: P.plot_lr_curves(t, "Hidden size 8 (Fig 1b), each learning rate"), C.find_fig1b),
+    "fig3_ngram": FigureSpec(("fig3_ngram/",), _ngram_table, _ngram_plot, C.find_fig3),
+    "hopk": FigureSpec(("hopk",), T.curves_table,
+                       lambda t: P.plot_final_vs(t, ("task.hops",), "hop-k error vs hops", transform=lambda s: 1 - s,
+                                                 ylabel="final hop-k error (1 − accuracy)"), _find_hopk),
+}
+
+
+def figure_grids(name: str, spec: dict) -> list[str]:
+    """The grids of the profile's experiment that figure `name` reads (a `x/` entry matches every `x/...`)."""
+    return [g for g in spec["grids"] if any(g == w or (w.endswith("/") and g.startswith(w)) for w in FIGURES[name].grids)]
+
+
+def draw(name: str, run_dirs: list[Path], sweep_dir: Path, out: Path) -> tuple[pd.DataFrame, C.Finding]:
+    """Table -> CSV -> PNG (drawn from the CSV as re-read) and the finding."""
+    spec = FIGURES[name]
+    spec.table(run_dirs, sweep_dir).to_csv(out / f"{name}.csv", index=False)
+    table = pd.read_csv(out / f"{name}.csv")
+    fig = spec.plot(table)
+    fig.savefig(out / f"{name}.png", dpi=120)
+    plt.close(fig)
+    return table, spec.find(table)
+
+
+def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: dict, missing: Sequence[str]) -> Path:
+    """REPORT.md: a verdict table (verdict, rule, baseline per figure), then one section per figure."""
     lines = ["# Reproduction report: KV Shifting Attention (Xu et al., arXiv 2411.19574)", "",
-             f"Generated by `python -m experiments.reproduce --profile {profile.get('name')}` from the CSVs in this "
-             f"folder; every number below is computed from them (`kvshift_lens/figures.py`).", "",
-             f"- profile: **{profile.get('name')}** — {profile.get('description', '').strip()}",
+             f"Generated by `{meta['command']}` from the CSVs in this folder; every number below is computed from "
+             "them, and every verdict by the rule named beside it (`kvshift_lens/report/claims.py`, tested in "
+             "`tests/test_claims.py`). Verdicts: reproduced / partly reproduced / not reproduced / inconclusive.", "",
+             f"- profile: **{meta['profile']}** — {spec['description']}",
              f"- git commit: `{meta['git_commit']}`; wall time of this invocation: {meta['wall_seconds']:.0f} s"
              + (" (--draw-only: redrawn from existing runs; each provenance file's `training_time` gives the runs' "
-                "own training seconds and wall span)" if meta.get("draw_only") else "") + "; "
-             f"load average before/after: {meta['load_before']} / {meta['load_after']} on {os.cpu_count()} cores", "",
-             "| figure | verdict |", "|---|---|"]
-    lines += [f"| [{n}](#{n}) | {f.verdict} |" for n, f in findings.items()]
+                "own training seconds)" if meta.get("draw_only") else "") + f"; load average before/after: "
+             f"{meta['load_before']} / {meta['load_after']} on {meta['cpu_count']} cores",
+             "- intervals: means over seeds carry 95 % Student-t intervals (`scipy.stats.t`), paired differences the "
+             "t-interval of the per-seed differences; success proportions 95 % Wilson intervals "
+             "(`binomtest(...).proportion_ci('wilson')`); times to 90 % are compared by the log-rank test "
+             "(`scipy.stats.logrank`), success of paired configurations by the exact binomial test on discordant pairs.",
+             "", "| figure | verdict | rule | baseline |", "|---|---|---|---|"]
+    lines += [f"| [{n}](#{n}) | {f.verdict.label} | {f.verdict.rule} | {f.verdict.baseline} |" for n, f in findings.items()]
+    lines += ["", "## Detector scores (heads.csv, notebooks)", "", DETECTORS]
     for name, f in findings.items():
-        lines += ["", f"## {name}", "", f"**Paper's claim.** {f.claim}", "", f"**Our setup.** {f.setup}", "",
-                  "**Our numbers.**", ""] + [f"- {n}" for n in f.numbers] + \
-                 ["", f"**Verdict: {f.verdict}.** " + " ".join(f.notes), "", f"![{name}]({name}.png)"]
-    missing = [n for n in profile.get("draw", list(FIGURES)) if n not in findings]
+        lines += finding_section(name, f, f"{name}.png")
     if missing:
-        lines += ["", "## Not drawn yet", "", "These figures of the profile have no CSV here yet; their sweeps resume with "
-                  f"`python -m experiments.reproduce --profile {profile.get('name')} --only {','.join(missing)}`:", ""]
-        lines += [f"- {n}" for n in missing]
+        lines += ["", "## Not drawn yet", "", "These figures of the profile have no runs or CSV here yet; their runs "
+                  f"resume with `{meta['command']} --only {','.join(missing)}`:", "", *[f"- {n}" for n in missing]]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     if (out / PHASE_SECTION).exists():
@@ -219,54 +194,66 @@ def write_report(out: Path, findings: dict[str, F.Finding], profile: dict, meta:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="quick", help="conf/profile/<name>.yaml (quick | full | tiny)")
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     parser.add_argument("--only", default="", help="comma-separated figure names (default: all in the profile)")
     parser.add_argument("--out", default="results", help="output folder for figures, CSVs and REPORT.md")
-    parser.add_argument("--draw-only", action="store_true",
-                        help="skip training; draw from whatever runs (finished or not) the sweep folders hold")
-    parser.add_argument("--runs", default=None, help="root of the sweep directories (default runs/reproduce/<profile>)")
+    parser.add_argument("--draw-only", action="store_true", help="skip training; draw from the finished runs on disk")
+    parser.add_argument("--runs", default=None, help="hydra out_dir of the runs (default runs/reproduce/<profile>)")
+    parser.add_argument("--launcher", default=None, help="hydra launcher (default: the profile's)")
     args = parser.parse_args(argv)
-    profile = load_profile(args.profile)
-    names = [n for n in args.only.split(",") if n] or [n for n in FIGURES if n in profile.get("draw", list(FIGURES))]
+    experiment, launcher = PROFILES[args.profile]
+    launcher = args.launcher or launcher
+    spec = sweeps.experiment_spec(experiment)
+    names = [n for n in args.only.split(",") if n] or [n for n in FIGURES if figure_grids(n, spec)]
     unknown = [n for n in names if n not in FIGURES]
     if unknown:
         raise SystemExit(f"error: unknown figure(s) {unknown}; choose from {list(FIGURES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs_root = Path(args.runs or ROOT / "runs" / "reproduce" / profile["name"]).resolve()
-    started, load_before = time.perf_counter(), _loadavg()
-    findings: dict[str, F.Finding] = {}
-    swept: dict[str, float] = {}
+    runs_root = Path(args.runs or ROOT / "runs" / "reproduce" / args.profile).resolve()
+    sweep_dir = runs_root / "sweeps" / spec["name"]
+    command = "python -m experiments.reproduce" + ("" if args.profile == "quick" else f" --profile {args.profile}")
+    started, load_before = time.perf_counter(), provenance.load_average()
+    grids = sorted({g for n in names for g in figure_grids(n, spec)}, key=list(spec["grids"]).index)
+    sweep = {}
+    if not args.draw_only:
+        cmd = sweeps.sweep_command(experiment, runs_root, launcher, 2 if launcher == "local_parallel" else None,
+                                   only=grids)
+        print("$", " ".join(cmd[1:]), flush=True)
+        try:
+            sweep = sweeps.run_sweep(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")
+        except RuntimeError as e:  # the figures whose runs finished are still drawn below
+            print(f"error: {e}", file=sys.stderr)
+    findings: dict[str, C.Finding] = {}
     failed: dict[str, str] = {}
     for name in tqdm(names, desc="figures", unit="fig"):
-        spec = FIGURES[name]
-        commands = sweep_commands(spec.sweep, profile, runs_root)
-        t0, load0 = time.perf_counter(), _loadavg()
+        t0 = time.perf_counter()
+        fig_grids = figure_grids(name, spec)
+        run_dirs = sweeps.runs_of_jobs(sweep_dir, sweeps.expand_jobs(spec, only=fig_grids))
         try:
-            if args.draw_only:
-                swept.setdefault(spec.sweep, 0.0)
-            if spec.sweep not in swept:
-                run_sweep(commands, runs_root / "logs" / f"{spec.sweep}.log")
-                swept[spec.sweep] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            table, findings[name] = draw(name, spec, runs_root / "sweeps" / spec.sweep, out)
-        except Exception as e:  # one broken figure must not lose the others; rerun resumes its sweep
+            table, findings[name] = draw(name, run_dirs, sweep_dir, out)
+        except Exception as e:  # one broken figure must not lose the others; a rerun resumes its runs
             failed[name] = f"{type(e).__name__}: {e}"
             print(f"error: {name}: {failed[name]}", file=sys.stderr)
             continue
-        wall = {"draw_only": args.draw_only, "sweep": round(swept[spec.sweep], 1), "sweep_this_call": round(t1 - t0, 1),
-                "draw": round(time.perf_counter() - t1, 1)}
-        finished = len(list((runs_root / "sweeps" / spec.sweep).rglob("summary.json")))
-        prov = provenance(name, spec, profile, commands, table, wall, {"before": load0, "after": _loadavg()}, finished,
-                          runs_root / "sweeps" / spec.sweep)
-        (out / f"{name}.provenance.json").write_text(json.dumps(prov, indent=2))
+        provenance.write_json(out / f"{name}.provenance.json", provenance.record(
+            command, figure=name, profile=args.profile, experiment=spec, grids=fig_grids,
+            seeds=sorted(int(s) for s in table["seed"].unique()), n_runs=int(table["run"].nunique()),
+            draw_seconds=round(time.perf_counter() - t0, 1), sweep_this_invocation=sweep,
+            training_time=provenance.training_time(run_dirs)))
     for name in FIGURES:  # figures drawn by earlier invocations stay in the report, recomputed from their CSVs
-        if name not in findings and (out / f"{name}.csv").exists():
-            table = pd.read_csv(out / f"{name}.csv")
-            findings[name] = F.find_fig2(table, _basins()) if name == "fig2_landscape" else FIGURES[name].find(table)
-    meta = {"git_commit": git_commit(), "wall_seconds": time.perf_counter() - started, "draw_only": args.draw_only,
-            "load_before": load_before, "load_after": _loadavg()}
-    report = write_report(out, findings, profile, meta)
+        if name not in findings and name not in failed and (out / f"{name}.csv").exists():
+            try:
+                findings[name] = FIGURES[name].find(pd.read_csv(out / f"{name}.csv"))
+            except (KeyError, ValueError) as e:  # a CSV from an older pipeline lacks the columns the rule reads
+                print(f"warning: {out / name}.csv is stale ({type(e).__name__}: {e}); redraw it with --only {name}",
+                      file=sys.stderr)
+    findings = {n: findings[n] for n in FIGURES if n in findings}
+    meta = {"command": command, "profile": args.profile, "git_commit": provenance.git_commit(),
+            "wall_seconds": time.perf_counter() - started, "draw_only": args.draw_only, "load_before": load_before,
+            "load_after": provenance.load_average(), "cpu_count": provenance.environment()["cpu_count"]}
+    missing = [n for n in FIGURES if figure_grids(n, spec) and n not in findings]
+    report = write_report(out, findings, spec, meta, missing)
     theory.write_outputs(out)  # the theorem constructions: seconds, no training
     print(f"wrote {len(findings)} figure(s) and {report} in {meta['wall_seconds']:.0f} s")
     return 1 if failed else 0

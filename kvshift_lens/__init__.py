@@ -1,9 +1,10 @@
 """kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
 models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers` and
-`kvshift_lens.tasks` import without transformer_lens, and `kvshift_lens.schema`, `kvshift_lens.cli`
-(the command line's plumbing) without torch.
+The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers`,
+`kvshift_lens.tasks` and `kvshift_lens.sweeps` (used by the hydra sweeper in a launcher process) import
+without transformer_lens, and `kvshift_lens.schema`, `kvshift_lens.cli` (the command line's plumbing)
+without torch.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tokenizer-free head detectors for kvshift_lens bridges (definitions in docs/detect.md).
 
-Attention-pattern scores on repeated random tokens, an OV copying score, zero/mean ablation and
+Attention-pattern scores on repeated random tokens, the OV-circuit eigenvalue copying score, zero/mean ablation and
 the in-context-learning score, all batched through `run_with_cache` / `run_with_hooks`, so
 vanilla and KV-shift models are measured the same way.
 """
@@ -22,7 +22,7 @@ BOS = 0
 PREFIX_REPEATS = 4  # Olsson et al. measure prefix matching on r repeated several times
 METRICS = (
     "induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
-    "copying_score", "ablation_drop", "icl_score",
+    "copying_score", "copying_boost_share", "ablation_drop", "icl_score",
 )
 PATTERN_METRICS = ("induction_score", "previous_token_score", "duplicate_token_score")
 COLUMNS = ["layer", "head", "metric", "value"]
@@ -30,10 +30,23 @@ COLUMNS = ["layer", "head", "metric", "value"]
 
 def repeated_tokens(
     batch_size: int, period: int, d_vocab: int, generator: torch.Generator,
-    *, n_repeats: int = 2, bos: int = BOS,
+    *, n_repeats: int = 2, bos: int = BOS, distinct: Optional[bool] = None,
 ) -> torch.Tensor:
-    """`[BOS] r r ...` (n_repeats copies), r i.i.d. uniform over the ids != bos: [batch, 1 + n_repeats·period]."""
-    r = torch.randint(0, d_vocab - 1, (batch_size, period), generator=generator)
+    """`[BOS] r r ...` (n_repeats copies) with r over the ids != bos: [batch, 1 + n_repeats·period].
+
+    `distinct=True` draws r without replacement (no token twice in r), as at the 50k-token vocabularies
+    where TransformerLens / ARENA scores come from, so the plain diagonal induction score needs no row
+    filtering; False draws i.i.d.; None (default) is distinct whenever period <= d_vocab - 1.
+    """
+    if distinct is None:
+        distinct = period <= d_vocab - 1
+    if distinct and period > d_vocab - 1:
+        raise ValueError(f"distinct=True needs period <= d_vocab - 1 = {d_vocab - 1} tokens besides BOS, got "
+                         f"period {period}; shorten the sequence or pass distinct=False")
+    if distinct:
+        r = torch.rand(batch_size, d_vocab - 1, generator=generator).argsort(dim=1)[:, :period]  # [batch, period]
+    else:
+        r = torch.randint(0, d_vocab - 1, (batch_size, period), generator=generator)
     r = r + (r >= bos).long()  # skip the BOS id
     return torch.cat([torch.full((batch_size, 1), bos), r.repeat(1, n_repeats)], dim=1)
 
@@ -175,23 +188,54 @@ def direct_logits(model: TransformerBridge, resid: torch.Tensor, scale: Optional
     return (resid * gain if gain is not None else resid) @ model.W_U
 
 
-@torch.no_grad()
-def copying_score(model: TransformerBridge) -> torch.Tensor:
-    """Olsson et al. copying score of each head's direct OV circuit: [layer, head] in [-1, 1].
+def _direct_ov(model: TransformerBridge, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's direct OV circuit of `layer` as two factors whose product is the [vocab, vocab] map from a
+    source token to the logits it writes: (left [head, vocab, d_head], right [head, d_head, vocab]).
 
-    Token a -> ln1(W_E[a]) - ln1(0) -> the value path's lag-0 part (the attended token's own value:
-    β1·W_V for KV shift, every mixer's lag-0 coefficients in general) -> W_O -> final norm (centre,
-    gain) -> W_U; per row mean-subtract, ReLU, r = boost(a) / Σ boosts, score = mean over a of 2r - 1.
+    Token a -> ln1(W_E[a]) − ln1(0) (LayerNorm folded exactly per token; the norm bias is not the token's)
+    -> the value path's lag-0 part (the attended token's own value: β1·W_V for KV shift, every mixer's lag-0
+    coefficients in general) -> W_O[h] -> final norm linearised as TL's `apply_ln_to_stack` (centre, gain) -> W_U.
     """
     cfg = model_config(model)
     zero = torch.zeros(1, 1, cfg.d_model, device=_device(model))
+    attn = attention_layers(model)[layer]
+    ln1 = model.blocks[layer].ln1.original_component  # the bare norm: calling the bridge one has side effects
+    own = attn.lag_terms(ln1(model.W_E)[:, None], "v")[0] - attn.lag_terms(ln1(zero), "v")[0]  # [vocab, 1, kv, d_head]
+    own = own[:, 0].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=1)  # [vocab, head, d_head]
+    left = own.transpose(0, 1)  # [head, vocab, d_head]
+    right = direct_logits(model, model.W_O[layer])  # [head, d_head, vocab]
+    return left, right
+
+
+@torch.no_grad()
+def copying_score(model: TransformerBridge) -> torch.Tensor:
+    """Elhage et al. 2021 / Olsson et al. 2022 copying score: Σλ / Σ|λ| over the eigenvalues λ of each head's
+    direct OV circuit W_U·W_OV·W_E (`_direct_ov`): [layer, head] in [−1, 1].
+
+    1: the head raises the logit of the token it attends to; 0: random; −1: suppresses it. The nonzero
+    eigenvalues of the rank-d_head [vocab, vocab] circuit are those of the [d_head, d_head] product of its
+    factors (as TL's `FactoredMatrix.eigenvalues`), so the cost does not grow with the vocabulary.
+    """
     scores = []
-    for layer, (block, attn) in enumerate(zip(model.blocks, attention_layers(model))):
-        ln1 = block.ln1.original_component  # the bare norm: calling the bridge one has side effects
-        own = attn.lag_terms(ln1(model.W_E)[:, None], "v")[0] - attn.lag_terms(ln1(zero), "v")[0]  # [vocab, 1, kv, d_head]
-        own = own[:, 0].repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=1)  # [vocab, head, d_head]
-        out = torch.einsum("vhd,hdn->hvn", own, model.W_O[layer])
-        logits = direct_logits(model, out)  # [head, source token, vocab]
+    for layer in range(model_config(model).n_layers):
+        left, right = _direct_ov(model, layer)
+        eig = torch.linalg.eigvals((right @ left).double())  # [head, d_head] complex
+        scores.append(eig.sum(-1).real / eig.abs().sum(-1).clamp_min(torch.finfo(torch.float64).tiny))
+    return torch.stack(scores).float()
+
+
+@torch.no_grad()
+def copying_boost_share(model: TransformerBridge) -> torch.Tensor:
+    """Our own earlier variant (not the literature's): per source token a, the share r_a of the positive,
+    mean-subtracted logit boosts of the head's direct OV row that lands on a itself; score = mean of 2·r_a − 1.
+
+    Range [−1, 1], but a head of rank d_head over V tokens cannot reach 1: its rows boost many tokens,
+    so an ideal rank-16 copier over 64 tokens scores about −0.70. Compare heads with each other only.
+    """
+    scores = []
+    for layer in range(model_config(model).n_layers):
+        left, right = _direct_ov(model, layer)
+        logits = left @ right  # [head, source token, vocab]
         boost = (logits - logits.mean(-1, keepdim=True)).relu()
         r = boost.diagonal(dim1=-2, dim2=-1) / boost.sum(-1).clamp_min(torch.finfo(boost.dtype).tiny)
         scores.append(2 * r.mean(-1) - 1)
@@ -324,6 +368,8 @@ def head_scores(
         frames.append(_tidy("prefix_matching", prefix_matching(attention_patterns(model, prefix), prefix)))
     if "copying_score" in metrics:
         frames.append(_tidy("copying_score", copying_score(model)))
+    if "copying_boost_share" in metrics:
+        frames.append(_tidy("copying_boost_share", copying_boost_share(model)))
     if "ablation_drop" in metrics:
         frames.append(ablation_drop(model, tokens, scored_mask(tokens, period)))
     if "icl_score" in metrics:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +27,7 @@ from kvshift_lens.errors import ConfigError, TrainingDiverged
 from kvshift_lens.icl import token_losses
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters
+from kvshift_lens.provenance import git_commit
 from kvshift_lens.tasks import Batch, Task, TaskConfig, make_task, task_config
 from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
 from kvshift_lens.tokenizer import attach_tokenizer
@@ -117,16 +117,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
         (no_decay if p.dim() < 2 or id(p) in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
-
-
-def git_commit() -> str:
-    """HEAD commit of the source tree this package runs from ('unknown' outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict]:

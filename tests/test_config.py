@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from omegaconf import OmegaConf
 
 from kvshift_lens.config import CONF_DIR, compose
+from kvshift_lens.sweeps import experiment_spec
 from kvshift_lens.errors import ConfigError
 from kvshift_lens.mixers import MIXERS
 from kvshift_lens.tasks import TASKS
@@ -56,10 +56,9 @@ def _grid_points(params: dict) -> list[list[str]]:
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_sweep_point_composes(experiment):
-    spec = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
-    sweeper = OmegaConf.to_container(spec.hydra.sweeper)
-    shared = {k: v for k, v in (sweeper.get("params") or {}).items() if k != "seed"}
-    grids = sweeper.get("grids") or {"all": {}}
+    spec = experiment_spec(experiment)  # as hydra composes it: an experiment may inherit another's grids
+    shared = {k: v for k, v in spec["params"].items() if k != "seed"}
+    grids = spec["grids"] or {"all": {}}
     for grid in grids.values():
         for point in _grid_points({**shared, **grid}):
             run = compose([f"+experiment={experiment}", *point])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kvshift_lens.detect import (
-    BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_score, duplicate_token_score, head_scores,
+    BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_boost_share, copying_score, duplicate_token_score,
+    head_scores,
     induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens,
     scored_mask, tl_detector_scores,
 )
@@ -222,6 +223,70 @@ def test_ablating_the_theorem2_head_together_with_nothing_else_breaks_induction(
 def test_copying_score_follows_the_sign_of_beta1_the_attended_tokens_own_value():
     assert copying_score(theorem2_model(beta=(1.0, 0.0))).item() == pytest.approx(1.0, abs=1e-4)
     assert copying_score(theorem2_model(beta=(-1.0, 0.0))).item() == pytest.approx(-1.0, abs=1e-4)
+
+
+def low_rank_copier(d_vocab: int = 64, d_model: int = 32, n_heads: int = 2, seed: int = 0):
+    """Vanilla 1-layer model whose every head copies through a d_head-dimensional subspace: W_U = W_Eᵀ and
+    W_V[h] W_O[h] the orthogonal projection onto d_head directions, so its OV circuit is E P Eᵀ (rank d_head)."""
+    cfg = ModelConfig(mixer="none", n_layers=1, n_heads=n_heads, d_model=d_model, d_vocab=d_vocab, n_ctx=8,
+                      norm="none", seed=seed)
+    module = build_module(cfg)
+    g = torch.Generator().manual_seed(seed)
+    embed = torch.randn(d_vocab, d_model, generator=g)
+    basis = torch.linalg.qr(torch.randn(d_model, d_model, generator=g)).Q  # orthonormal columns
+    d_head = d_model // n_heads
+    attn = module.layers[0].attn
+    with torch.no_grad():
+        module.tok_embed.weight.copy_(embed)
+        module.head.weight.copy_(embed)  # unembed = embedᵀ
+        attn.v.weight.copy_(basis.T)  # head h reads coordinates h·d_head … along `basis`
+        attn.o.weight.copy_(basis)  # and writes them back
+    return to_bridge(module), d_head
+
+
+def test_an_ideal_low_rank_copier_scores_one_but_only_about_minus_two_thirds_on_the_boost_share():
+    model, d_head = low_rank_copier(d_vocab=64, d_model=32, n_heads=2)
+    assert d_head == 16
+    torch.testing.assert_close(copying_score(model), torch.ones(1, 2), atol=1e-4, rtol=0)
+    boost = copying_boost_share(model)  # the metric this repository used before: capped far below 1
+    assert (boost < -0.5).all() and (boost > -0.8).all()
+
+
+def test_random_heads_score_about_zero():
+    scores = torch.cat([copying_score(build_model(ModelConfig(mixer="none", n_layers=2, n_heads=4, d_model=64,
+                                                                d_vocab=64, n_ctx=8, seed=s))).flatten()
+                        for s in range(4)])  # 32 heads
+    assert scores.abs().mean() < 0.2 and abs(scores.mean()) < 0.1
+
+
+def test_copying_score_needs_no_vocab_sized_eigendecomposition():
+    model, _ = low_rank_copier(d_vocab=64, d_model=32, n_heads=2)
+    from kvshift_lens.detect import _direct_ov
+    left, right = _direct_ov(model, 0)
+    full = torch.linalg.eigvals((left @ right).double())  # [head, vocab]: rank d_head, the rest ≈ 0
+    torch.testing.assert_close(full.sum(-1).real / full.abs().sum(-1), copying_score(model)[0].double(), atol=1e-3,
+                               rtol=0)
+
+
+def test_on_distinct_r_the_induction_score_is_the_plain_arena_diagonal():
+    period = 10
+    tokens = repeated_tokens(4, period, 64, torch.Generator().manual_seed(0))  # distinct by default
+    pattern = random_pattern(4, 3, tokens.shape[1])
+    q = torch.arange(period + 1, tokens.shape[1])
+    diagonal = pattern[..., q, q - period + 1].mean((0, -1))  # ARENA: mean over batch and second-copy rows
+    torch.testing.assert_close(induction_score(pattern, tokens), diagonal)
+
+
+def test_repeated_tokens_draw_r_without_replacement_where_the_vocabulary_allows():
+    g = torch.Generator().manual_seed(0)
+    tokens = repeated_tokens(16, 31, 64, g)  # default: distinct
+    r = tokens[:, 1:32]
+    assert all(len(set(row.tolist())) == 31 for row in r)
+    iid = repeated_tokens(64, 31, 64, g, distinct=False)
+    assert any(len(set(row.tolist())) < 31 for row in iid[:, 1:32])
+    assert repeated_tokens(2, 20, 8, g).shape == (2, 41)  # too small a vocabulary: i.i.d. by default
+    with pytest.raises(ValueError, match="distinct=True"):
+        repeated_tokens(2, 20, 8, g, distinct=True)
 
 
 def test_attention_patterns_match_each_layers_hook_pattern():

@@ -1,99 +1,89 @@
-"""Phase-diagram analysis (kvshift_lens.phase) on synthetic runs, and the one-command pipeline end to end."""
+"""Phase-diagram tables (kvshift_lens.report.phase) on synthetic runs, and the one-command pipeline end to end."""
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from kvshift_lens import phase
-from kvshift_lens.analysis import load_summaries
+from kvshift_lens import sweeps
+from kvshift_lens.report import phase, plots
+from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def runs(family: dict, acc_by_seed: dict[int, dict[int, float]]) -> list[dict]:
-    """Synthetic tidy rows: {seed: {d_model: final accuracy}} for one family."""
-    return [{**family, "seed": s, "d_model": d, "induction_acc": a, "n_params": 10 * d, "n_params_non_embedding": 5 * d, "steps_to_90": None}
-            for s, accs in acc_by_seed.items() for d, a in accs.items()]
+def curves(cell: dict, seed: int, lr: float, accs: list[float]) -> list[dict]:
+    """Learning-curve rows of one run as `analysis.load_runs` returns them."""
+    run = f"{cell['arch']}{cell['n_layers']}/d{cell['d_model']}/s{cell['seq_len']}/seed{seed}/lr{lr}"
+    return [{"run": run, "step": 100 * i, "induction_acc": a, "train_seconds": 0.5 * i, "seed": seed,
+             "model.arch": cell["arch"], "model.n_layers": cell["n_layers"], "model.d_model": cell["d_model"],
+             "model.n_heads": 1, "model.d_head": None, "model.d_vocab": 16, "model.n_ctx": cell["seq_len"],
+             "task.seq_len": cell["seq_len"], "train.lr": lr, "train.steps": 100 * (len(accs) - 1),
+             "train.batch_size": 32} for i, a in enumerate(accs)]
 
 
-KV = {"arch": "kvshift", "n_layers": 1, "n_heads": 1, "seq_len": 32}
-VA = {"arch": "vanilla", "n_layers": 1, "n_heads": 1, "seq_len": 32}
-V2 = {"arch": "vanilla", "n_layers": 2, "n_heads": 1, "seq_len": 32}
+WIN, FLAT, RISING = [0.1, 0.5, 0.95], [0.1] + [0.2] * 10, [0.1] * 8 + [0.3, 0.5, 0.7]
+MIXERS = {"kvshift": "kv_shift", "vanilla": "none"}  # derived model.arch -> model.mixer.name
 
 
 @pytest.fixture
-def synthetic() -> pd.DataFrame:
-    rows = runs(KV, {0: {4: 0.1, 8: 0.95, 16: 0.99, 32: 0.99},
-                     1: {4: 0.1, 8: 0.5, 16: 0.97, 32: 0.99},
-                     2: {4: 0.2, 8: 0.91, 16: 0.85, 32: 0.99}})  # seed 2 dips at 16: "all seeds" is 32
-    rows += runs(VA, {s: {4: 0.05, 8: 0.1, 16: 0.1, 32: 0.2} for s in range(3)})
-    rows += runs(V2, {0: {4: 0.1, 8: 0.2, 16: 0.3, 32: 0.95}, 1: {4: 0.1, 8: 0.2, 16: 0.3, 32: 0.4},
-                      2: {4: 0.1, 8: 0.2, 16: 0.92, 32: 0.96}})
-    return pd.DataFrame(rows)
-
-
-def row(table: pd.DataFrame, family: dict) -> pd.Series:
-    hit = table[np.logical_and.reduce([table[k] == v for k, v in family.items()])]
-    assert len(hit) == 1
-    return hit.iloc[0]
-
-
-def test_frontier_takes_the_smallest_succeeding_width_per_seed_and_its_spread(synthetic):
-    fr = phase.frontier(synthetic)
-    kv = row(fr, KV)
-    assert (kv.n_seeds, kv.n_reached, kv["median"], kv["min"], kv["max"]) == (3, 3, 8, 8, 16)
-    assert kv.all_seeds == 32 and kv.frontier == "8 [8, 16]"
-
-
-def test_frontier_reports_censored_families(synthetic):
-    fr = phase.frontier(synthetic)
-    va, v2 = row(fr, VA), row(fr, V2)
-    assert va.n_reached == 0 and math.isnan(va["median"]) and math.isnan(va.all_seeds)
-    assert va.frontier == "> 32 (0/3)"
-    assert v2.n_reached == 2 and (v2["min"], v2["max"]) == (16, 32) and math.isnan(v2.all_seeds)
-    assert v2["median"] == 32 and v2.frontier == "32 [16, > 32] (2/3)"  # censored seed counts as +inf
-
-
-def test_threshold_moves_the_frontier(synthetic):
-    assert row(phase.frontier(synthetic, threshold=0.96), KV)["median"] == 16
-
-
-def test_success_table_and_grid_table(synthetic):
-    ok = phase.success_table(synthetic)
-    assert ok.loc[("kvshift", 1), 8] == "2/3" and ok.loc[("vanilla", 1), 32] == "0/3"
-    acc = phase.grid_table(synthetic, "induction_acc")
-    assert acc.loc[("kvshift", 1), 8] == pytest.approx((0.95 + 0.5 + 0.91) / 3)
-
-
-def test_wilson_interval_properties():
-    lo, hi = phase.wilson(0, 3)
-    assert lo == 0 and 0 < hi < 1
-    lo2, hi2 = phase.wilson(3, 3)
-    assert hi2 == 1 and lo2 == pytest.approx(1 - hi)
-    assert phase.wilson(30, 30)[0] > phase.wilson(3, 3)[0]  # more seeds, tighter interval
-    assert all(math.isnan(x) for x in phase.wilson(0, 0))
-
-
-def test_length_scaling_slope_is_log_log_growth():
+def synthetic(tmp_path) -> tuple[pd.DataFrame, Path]:
+    """Learning curves of 54 runs and a root holding each run's config.json (parameter counts come from it)."""
     rows = []
-    for seq, need in [(16, 4), (32, 8), (64, 16)]:  # width ∝ length
-        rows += runs({**KV, "seq_len": seq}, {s: {d: (0.95 if d >= need else 0.1) for d in (4, 8, 16, 32)}
-                                              for s in range(3)})
-    for seq in (16, 32, 64):  # flat frontier
-        rows += runs({**V2, "seq_len": seq}, {s: {d: (0.95 if d >= 8 else 0.1) for d in (4, 8, 16, 32)}
-                                              for s in range(3)})
-    rows += runs(VA, {0: {4: 0.1}})  # one length only: not a length family
-    table = phase.length_scaling(pd.DataFrame(rows))
-    assert set(zip(table.arch, table.n_layers)) == {("kvshift", 1), ("vanilla", 2)}
-    assert row(table, {**KV, "seq_len": 64}).slope == pytest.approx(1.0)
-    assert row(table, {**V2, "seq_len": 16}).slope == pytest.approx(0.0)
-    assert list(table[table.arch == "kvshift"].sort_values("seq_len")["median"]) == [4, 8, 16]
+    for seed in range(3):
+        for lr in (1e-3, 3e-3, 1e-2):
+            good = lr == 3e-3  # only the middle learning rate learns: a fixed lr of 1e-2 would miss it
+            rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 4, "seq_len": 8}, seed, lr, FLAT)
+            rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 8, "seq_len": 8}, seed, lr, WIN if good else FLAT)
+            rows += curves({"arch": "vanilla", "n_layers": 1, "d_model": 8, "seq_len": 8}, seed, lr, FLAT)
+            rows += curves({"arch": "vanilla", "n_layers": 2, "d_model": 8, "seq_len": 8}, seed, lr,
+                           RISING if seed == 0 and good else FLAT)
+            rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 8, "seq_len": 16}, seed, lr, FLAT)
+            rows += curves({"arch": "kvshift", "n_layers": 1, "d_model": 16, "seq_len": 16}, seed, lr, WIN)
+    df = pd.DataFrame(rows)
+    for _, r in df.drop_duplicates("run").iterrows():
+        (tmp_path / r.run).mkdir(parents=True)
+        model = {"mixer": {"name": MIXERS[r["model.arch"]]}, "n_layers": r["model.n_layers"],
+                 "d_model": r["model.d_model"], "n_heads": 1, "d_vocab": 16, "n_ctx": r["task.seq_len"]}
+        (tmp_path / r.run / "config.json").write_text(json.dumps({"model": model}))
+    return df, tmp_path
+
+
+def test_tidy_runs_carry_lr_outcome_and_censoring_per_run(synthetic):
+    runs = phase.tidy_runs(*synthetic)
+    assert len(runs) == 6 * 3 * 3 and {"lr", "outcome", "censored", "n_params", "budget"} <= set(runs.columns)
+    assert runs.groupby(phase.CELL).lr.nunique().min() == 3
+    rising = runs[(runs.arch == "vanilla") & (runs.n_layers == 2) & (runs.seed == 0) & (runs.lr == 3e-3)].iloc[0]
+    assert rising.outcome == CENSORED and rising.censored
+    assert (runs.n_params > 0).all() and runs.steps_to_90.notna().sum() == 3 * 3 + 3
+
+
+def test_cells_take_the_best_learning_rate_and_frontiers_count_censored_cells_as_open(synthetic):
+    cells = phase.cells(phase.tidy_runs(*synthetic))
+    kv8 = cells[(cells.arch == "kvshift") & (cells.d_model == 8) & (cells.seq_len == 8)]
+    assert (kv8.outcome == SUCCESS).all() and (kv8.lr == 3e-3).all()
+    v2 = cells[(cells.arch == "vanilla") & (cells.n_layers == 2)].set_index("seed")
+    assert v2.loc[0, "outcome"] == CENSORED and v2.loc[1, "outcome"] == FAILURE
+    status = phase.status(cells)
+    fr = phase.frontiers(status).set_index(["arch", "n_layers", "seq_len"])
+    assert fr.loc[("kvshift", 1, 8), "text"] == "8" and fr.loc[("kvshift", 1, 16), "text"] == "16"
+    assert fr.loc[("vanilla", 2, 8), "frontier_status"] == "none"  # 1 censored seed of 3 cannot reach 2/3
+    trend = phase.length_trends(phase.frontiers(status))
+    assert trend.set_index("arch").loc["kvshift", "trend"] == "grows"
+
+
+def test_tables_and_plots_are_functions_of_the_cells(synthetic):
+    cells = phase.cells(phase.tidy_runs(*synthetic))
+    assert phase.outcome_table(cells[cells.seq_len == 8]).loc[("vanilla", 2), 8] == "0/3 (1 cens.)"
+    pm = phase.param_matched(cells)
+    at8 = pm[pm.seq_len == 8]
+    assert set(pm.model) == {"kvshift 1L", "vanilla 2L"} and list(at8.n_params) == sorted(at8.n_params)
+    for fig in (plots.plot_heatmaps(cells), plots.plot_param_matched(pm),
+                plots.plot_frontiers(phase.frontiers(phase.status(cells)))):
+        assert fig.axes
 
 
 def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, vocab: int, ctx: int) -> tuple[int, int]:
@@ -108,27 +98,21 @@ def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, v
 @pytest.mark.parametrize("arch,n_layers,d,heads,d_head", [("kvshift", 1, 8, 1, 8), ("vanilla", 2, 8, 2, 4),
                                                           ("kvshift", 3, 16, 4, 2)])
 def test_param_counts_match_the_architecture(arch, n_layers, d, heads, d_head):
-    model = {"mixer": {"name": {"kvshift": "kv_shift", "vanilla": "none"}[arch]}, "n_layers": n_layers, "d_model": d,
-             "n_heads": heads, "d_head": d_head, "d_vocab": 16, "n_ctx": 12}
+    model = {"mixer": {"name": MIXERS[arch]}, "n_layers": n_layers, "d_model": d, "n_heads": heads, "d_head": d_head,
+             "d_vocab": 16, "n_ctx": 12}
     assert phase.param_counts(model) == expected_params(arch, n_layers, d, heads, d_head, 16, 12)
 
 
-def test_param_matched_pairs_kvshift_1l_with_vanilla_2l(synthetic):
-    pm = phase.param_matched(synthetic)
-    assert set(pm.model) == {"kvshift 1L", "vanilla 2L"}
-    assert list(pm.n_params) == sorted(pm.n_params)
-    pf = phase.param_frontier(pm).set_index("model")
-    assert pf.loc["kvshift 1L", "d_model_all_seeds"] == 32  # seed 2 fails at 16
-    assert pf.loc["kvshift 1L", "params_any_seed"] == 80
-    assert math.isnan(pf.loc["vanilla 2L", "params_all_seeds"]) and pf.loc["vanilla 2L", "params_any_seed"] == 160
-
-
-def test_plots_are_functions_of_tables(synthetic):
-    synthetic = synthetic.assign(steps_to_90=[100 if a >= 0.9 else None for a in synthetic.induction_acc])
-    lengths = pd.concat([synthetic, synthetic.assign(seq_len=64, induction_acc=synthetic.induction_acc * 0.9)])
-    for fig in (phase.plot_heatmaps(synthetic), phase.plot_param_matched(phase.param_matched(synthetic)),
-                phase.plot_length_scaling(phase.length_scaling(lengths))):
-        assert len(fig.axes) >= 1
+def test_every_profile_sweeps_at_least_three_learning_rates_spanning_ten_x_per_cell():
+    for experiment in ("phase_diagram", "phase_diagram_tiny", "phase_diagram_cluster"):
+        jobs = sweeps.expand_jobs(sweeps.experiment_spec(experiment))
+        cells: dict[tuple, set[float]] = {}
+        for job in jobs:
+            d = dict(o.split("=", 1) for o in job)
+            cells.setdefault(tuple(sorted((k, v) for k, v in d.items() if k != "train.lr")), set()).add(
+                float(d["train.lr"]))
+        assert min(len(v) for v in cells.values()) >= 3, experiment
+        assert min(max(v) / min(v) for v in cells.values()) >= 10, experiment
 
 
 def test_one_command_runs_the_tiny_profile_end_to_end(tmp_path):
@@ -138,52 +122,34 @@ def test_one_command_runs_the_tiny_profile_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = tmp_path / "results"
     df = pd.read_csv(res / "phase_diagram_tiny.csv")
-    assert {"arch", "n_layers", "d_model", "n_heads", "d_head", "seed", "seq_len", "induction_acc",
-            "steps_to_90", "n_params"} <= set(df.columns)
-    assert len(df) == len(load_summaries(tmp_path / "runs" / "sweeps" / "phase_diagram_tiny")) == 4
+    assert {"arch", "n_layers", "d_model", "n_heads", "seq_len", "seed", "lr", "outcome", "censored",
+            "induction_acc", "steps_to_90", "n_params"} <= set(df.columns)
+    assert len(df) == 9 and df.groupby(["arch", "seq_len"]).lr.nunique().min() == 3
+    cells = pd.read_csv(res / "phase_diagram_tiny_cells.csv")
+    assert {"lr", "n_lrs", "lr_span", "outcome", "censored"} <= set(cells.columns) and (cells.n_lrs == 3).all()
     for suffix in ("_frontier.csv", "_length.csv", "_params.csv", "_heatmaps.png", "_params.png", "_length.png"):
         assert (res / f"phase_diagram_tiny{suffix}").stat().st_size > 0
     prov = json.loads((res / "phase_diagram_tiny_provenance.json").read_text())
-    assert prov["n_runs"] == 4 and prov["seeds"] == [0] and prov["sweep_history"][0]["wall_seconds"] > 0
-    assert "### Verdicts" in (res / "phase_diagram_tiny.md").read_text()
-    # outputs regenerate from the finished runs alone
+    assert prov["n_runs"] == 9 and prov["learning_rates"] == [0.001, 0.003, 0.01]
+    assert prov["sweep_history"][0]["wall_seconds"] > 0 and prov["git_commit"]
+    md = (res / "phase_diagram_tiny.md").read_text()
+    assert "### Verdicts" in md and md.count("Rule:") >= 2 and md.count("Baseline:") >= 2
+    # a stray run from an older grid is left out; outputs regenerate from the finished runs alone
+    stray = tmp_path / "runs" / "sweeps" / "phase_diagram_tiny" / "stray"
+    stray.mkdir()
+    (stray / ".hydra").mkdir()
+    (stray / ".hydra" / "overrides.yaml").write_text("- model.arch=vanilla\n- model.d_model=99\n")
+    for name in ("config.json", "metrics.csv", "summary.json"):
+        src = next((tmp_path / "runs" / "sweeps" / "phase_diagram_tiny").rglob(name))
+        (stray / name).write_text(src.read_text())
     (res / "phase_diagram_tiny.csv").unlink()
     r = subprocess.run(cmd + ["--skip-train"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert pd.read_csv(res / "phase_diagram_tiny.csv").equals(df)
 
 
-def test_paired_sign_test_counts_wins(synthetic):
-    k, n, p = phase.paired_sign_test(synthetic, ("kvshift", 1), ("vanilla", 1))
-    assert (k, n) == (12, 12) and p == pytest.approx(0.5 ** 12)
-    k, n, p = phase.paired_sign_test(synthetic, ("vanilla", 1), ("kvshift", 1))
-    assert k == 0 and p == pytest.approx(1.0)
-
-
-def test_in_grid_keeps_only_declared_sweep_points():
-    raw = pd.DataFrame({"model.mixer.name": ["none", "kv_shift", "kv_shift"], "model.d_model": [4, 8, 64],
-                        "seed": [0, 1, 0]})
-    keep = phase.in_grid(raw, [{"model/mixer": "none,kv_shift", "model.d_model": "4,8", "seed": "0,1"}])
-    assert list(keep) == [True, True, False]
-    assert list(phase.in_grid(raw, [{"model.d_model": 64}, {"seed": 1}])) == [False, True, True]
-
-
-def _length_row(seq_len: int, n_reached: int, all_seeds: float, max_width: float = 64.0) -> dict:
-    return {"arch": "kvshift", "n_layers": 1, "n_heads": 1, "seq_len": seq_len, "n_seeds": 3,
-            "n_reached": n_reached, "all_seeds": all_seeds, "max_width": max_width}
-
-
-def test_width_trend_calls_a_censored_short_length_a_shrinking_frontier():
-    grows = pd.DataFrame([_length_row(16, 3, 8.0), _length_row(32, 3, 16.0), _length_row(64, 3, 32.0)])
-    shrinks = pd.DataFrame([_length_row(16, 1, float("nan")), _length_row(32, 3, 8.0), _length_row(64, 3, 16.0)])
-    flat = pd.DataFrame([_length_row(16, 3, 8.0), _length_row(32, 3, 8.0)])
-    assert phase.width_trend(grows) == {("kvshift", 1, 1): "grows"}
-    assert phase.width_trend(shrinks) == {("kvshift", 1, 1): "shrinks"}
-    assert phase.width_trend(flat) == {("kvshift", 1, 1): "flat"}
-
-
-def test_non_monotone_seeds_lists_a_seed_that_fails_above_a_width_where_it_succeeded():
-    df = pd.DataFrame({"arch": "vanilla", "n_layers": 2, "n_heads": 1, "seq_len": 32, "seed": [0, 0, 0, 1, 1, 1],
-                       "d_model": [16, 32, 64] * 2, "induction_acc": [0.1, 0.95, 0.3, 0.1, 0.95, 0.96]})
-    out = phase.non_monotone_seeds(df)
-    assert out.to_dict("records") == [{"arch": "vanilla", "n_layers": 2, "seed": 0, "fails_at": 64}]
+def test_an_unknown_grid_stops_with_one_line_before_training(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "experiments.phase_diagram", "--profile", "tiny", "--only", "nope",
+                        "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "not grids of experiment phase_diagram_tiny" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "sweeps").exists()

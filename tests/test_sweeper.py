@@ -47,3 +47,30 @@ def test_max_batch_size_splits_the_union_into_launches():
     sweeper = grid_union_sweeper.GridUnionSweeper(max_batch_size=3, params={}, grids=GRIDS)
     batches = sweeper.split_arguments(OverridesParser.create().parse_overrides([]), 3)
     assert [len(b) for b in batches] == [3, 3]
+
+
+def fake_run(root, name: str, overrides: list[str]) -> None:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run / "config.json").write_text("{}")
+    (run / "metrics.csv").write_text("step\n")
+
+
+def test_a_study_reads_exactly_the_runs_of_its_jobs_wherever_they_were_written(tmp_path):
+    from kvshift_lens.sweeps import runs_of_jobs
+
+    fake_run(tmp_path, "a", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "out_dir=/elsewhere"])
+    fake_run(tmp_path, "b", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "train.steps=5"])  # extra key
+    fake_run(tmp_path, "c", ["model.d_model=16", "train.lr=0.001", "+experiment=x"])
+    jobs = [["model.d_model=8", "train.lr=0.001", "+experiment=x"], ["model.d_model=4", "+experiment=x"]]
+    assert [p.name for p in runs_of_jobs(tmp_path, jobs)] == ["a"]
+    assert runs_of_jobs(tmp_path / "missing", jobs) == []
+
+
+def test_expanded_jobs_use_the_sweepers_value_formatting():
+    from kvshift_lens.sweeps import expand_jobs
+
+    spec = {"experiment": "x", "params": {"seed": "0,1"}, "grids": {"g": {"train.lr": "1e-3,1e-2"}}}
+    jobs = expand_jobs(spec, ["out_dir=/tmp/r"])
+    assert ["train.lr=0.001", "seed=0", "+experiment=x", "out_dir=/tmp/r"] in jobs and len(jobs) == 4

@@ -5,7 +5,8 @@ Hydra's basic sweeper runs one cartesian product per invocation. A study made of
 sub-grid, each paying the launcher's worker start-up and an idle tail. This sweeper takes named
 grids, expands each like the basic sweeper (`params` are shared by all grids, a grid's own entry
 wins over them and the command line over both; a grid's keys vary slowest, shared params fastest),
-drops duplicate jobs, and hands the whole list to the launcher at once:
+drops duplicate jobs, and hands the whole list to the launcher at once (the expansion is
+`kvshift_lens.sweeps.grid_jobs`, which studies also use to find their own runs):
 
     hydra:
       sweeper:
@@ -14,18 +15,20 @@ drops duplicate jobs, and hands the whole list to the launcher at once:
           main: {model.n_layers: "1,2", model.d_model: "64,32"}
           deep: {model.n_layers: "3", model.d_model: "32"}
         only: null          # or a list of grid names to run a subset
+        description: ...    # what the study runs (reports quote it)
 
 Jobs run in grid order, so put the grids whose results matter most first.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
+
+from kvshift_lens.sweeps import grid_jobs
 
 
 @dataclass
@@ -35,6 +38,7 @@ class GridUnionSweeperConf:
     params: Optional[Dict[str, str]] = None  # shared by every grid
     grids: Dict[str, Any] = field(default_factory=dict)  # name -> {key: "v1,v2" sweep string}
     only: Optional[List[str]] = None  # run these grids only (default: all)
+    description: str = ""  # what the study runs, one paragraph (reports quote it; the sweeper ignores it)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grids", node=GridUnionSweeperConf, provider="kvshift_lens")
@@ -44,7 +48,8 @@ class GridUnionSweeper(BasicSweeper):
     """Basic sweeper over the union of named grids (see the module docstring)."""
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None) -> None:
+                 grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None,
+                 description: str = "") -> None:
         super().__init__(max_batch_size, params)
         self.grids = {name: dict(grid or {}) for name, grid in (grids or {}).items()}
         unknown = sorted(set(only or ()) - set(self.grids))
@@ -56,17 +61,6 @@ class GridUnionSweeper(BasicSweeper):
         """Jobs of every selected grid (shared params and command line already in `overrides`), deduplicated."""
         if not self.grids:
             return BasicSweeper.split_arguments(overrides, max_batch_size)
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader if self.hydra_context else None)
         n_params = len(self.params)  # `overrides` = shared params, then the command line (BasicSweeper.sweep)
-        jobs: List[List[str]] = []
-        seen: Set[Tuple[str, ...]] = set()
-        for name in self.only:
-            grid = parser.parse_overrides([f"{k}={v}" for k, v in self.grids[name].items()])
-            keys = {o.get_key_element() for o in grid}
-            shared = [o for o in overrides[:n_params] if o.get_key_element() not in keys]  # the grid wins
-            merged = grid + shared + list(overrides[n_params:])  # the command line wins over both
-            for job in BasicSweeper.split_arguments(merged, None)[0]:
-                if tuple(sorted(job)) not in seen:
-                    seen.add(tuple(sorted(job)))
-                    jobs.append(job)
+        jobs = grid_jobs(self.grids, overrides[:n_params], overrides[n_params:], self.only)
         return list(BasicSweeper.split_overrides_to_chunks(jobs, max_batch_size))

@@ -1,0 +1,45 @@
+"""Markdown for results/REPORT.md: tables, one section per finding, and sections owned by different commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kvshift_lens.report.claims import Finding
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A GitHub markdown table (`DataFrame.to_markdown` via tabulate); NaN / NA as blank cells."""
+    return df.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+
+
+def verdict_line(f: Finding) -> str:
+    """`**Verdict: reproduced.** Rule: ... Baseline: ...` — the verdict with its rule and baseline in one line."""
+    return f"**Verdict: {f.verdict.label}.** Rule: {f.verdict.rule}. Baseline: {f.verdict.baseline}."
+
+
+def finding_section(name: str, f: Finding, image: str = "") -> list[str]:
+    """Lines of one REPORT.md section: claim, setup, numbers, verdict (rule, baseline), parts, notes, image."""
+    lines = ["", f"## {name}", "", f"**Paper's claim.** {f.claim}", "", f"**Our setup.** {f.setup}", "",
+             "**Our numbers.**", "", *[f"- {n}" for n in f.numbers], "", verdict_line(f)]
+    if f.parts:
+        lines += ["", "| part | verdict | rule | baseline | evidence |", "|---|---|---|---|---|"]
+        lines += [f"| {name_} | {v.label} | {v.rule} | {v.baseline} | {'; '.join(v.evidence)} |" for name_, v in f.parts]
+    elif f.verdict.evidence:
+        lines += ["", "Evidence: " + "; ".join(f.verdict.evidence) + "."]
+    if f.notes:
+        lines += ["", *f.notes]
+    return lines + ([f"", f"![{name}]({image})"] if image else [])
+
+
+def splice_section(report: Path, name: str, text: str) -> None:
+    """Put `text` into `report` between `<!-- name -->` markers, replacing an earlier copy (or appending)."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    body = report.read_text() if report.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in body and end in body:
+        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body = body.rstrip("\n") + ("\n\n" if body else "") + block + "\n"
+    report.write_text(body)
