@@ -229,7 +229,7 @@ def test_one_command_runs_the_tiny_lm_study_end_to_end(tmp_path):
     runs = pd.read_csv(res / "lm_runs.csv")
     assert sorted(runs.label.unique()) == ["kvshift 2L llama", "vanilla 2L llama", "vanilla 4L babygpt"]
     assert len(runs) == 5 and (runs.train_tokens > 0).all()
-    for name in ("curves.csv", "heads.csv", "alpha_beta.csv", "curves.png", "heads.png", "alpha_beta.png"):
+    for name in ("curves.csv", "heads.csv", "alpha_beta.csv", "curves.png", "heads.png", "table4.png"):
         assert (res / f"lm_{name}").stat().st_size > 0
     prov = json.loads((res / "lm.provenance.json").read_text())
     assert prov["seeds"] == [0, 1] and set(prov["verdicts"]) == {"lm_gap", "lm_induction_heads", "lm_table4"}

@@ -1,4 +1,4 @@
-"""Every verdict rule of the language-model study driven to each outcome it can return (kvshift_lens.lm_claims)."""
+"""Every verdict rule of the language-model study driven to each outcome it can return (kvshift_lens.report.lm)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvshift_lens.lm_claims import (
-    INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED, find_lm_gap, find_lm_induction, find_lm_table4,
-)
-from kvshift_lens.lm_report import QUADRANTS
+from kvshift_lens.report.lm import find_lm_gap, find_lm_induction, find_lm_table4
+from kvshift_lens.report.tables import QUADRANTS
+from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
 
 CONFIG = {"task.corpus": "shakespeare", "task.tokenizer": "char", "task.seq_len": 256, "train.batch_size": 16,
           "train.lr": 2e-3, "train.warmup": 50, "train.schedule": "cosine", "model.d_model": 128, "model.n_heads": 4,
@@ -78,21 +77,23 @@ def test_induction_rules_censor_runs_without_an_induction_head(kv, va, co, outco
     assert [v.outcome for _, v in f.parts] == outcomes
 
 
-def shifts(init: list[int], end: list[int]) -> pd.DataFrame:
-    """Heads of one label with `init` / `end` counts per quadrant (QUADRANTS order)."""
+def shifts(init: list[int], end: list[int], runs: int = 3) -> pd.DataFrame:
+    """Heads of one label with `init` / `end` counts per quadrant (QUADRANTS order), dealt over `runs` runs."""
     rows = []
     for progress, counts in ((0.0, init), (1.0, end)):
-        for quadrant, n in zip(QUADRANTS, counts):
-            rows += [{"label": "kvshift 2L llama", "progress": progress, "quadrant": quadrant}] * n
+        heads = [q for q, n in zip(QUADRANTS, counts) for _ in range(n)]
+        rows += [{"run": f"kvshift/{i % runs}", "label": "kvshift 2L llama", "progress": progress, "quadrant": q}
+                 for i, q in enumerate(heads)]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("end, outcomes", [
-    ([20, 2, 2, 20], [REPRODUCED, REPRODUCED]),  # away from uniform init, onto the diagonal
-    ([2, 20, 20, 2], [REPRODUCED, NOT_REPRODUCED]),  # away from init, off the diagonal
-    ([11, 11, 11, 11], [INCONCLUSIVE, INCONCLUSIVE]),  # where init left them
+@pytest.mark.parametrize("end, outcome", [
+    ([20, 2, 2, 20], REPRODUCED),  # onto the diagonal, as in the paper
+    ([2, 20, 20, 2], NOT_REPRODUCED),  # off the diagonal
+    ([11, 11, 11, 11], INCONCLUSIVE),  # where init left them
 ])
-def test_table4_rules_compare_the_end_with_init_and_the_papers_diagonal(end, outcomes):
+def test_table4_adds_the_papers_diagonal_pattern_to_the_suites_spread_rule(end, outcome):
     f = find_lm_table4(shifts([11, 11, 11, 11], end))
-    assert [v.outcome for _, v in f.parts] == outcomes
-    assert "paper 102/128" in f.numbers[0]
+    assert [name for name, _ in f.parts] == ["kvshift 2L llama: training spreads heads over the quadrants",
+                                             "kvshift 2L llama: most heads on the diagonal quadrants, as in the paper"]
+    assert f.parts[-1][1].outcome == outcome and "paper 102/128" in f.numbers[-1]
