@@ -83,9 +83,8 @@ def lm_runs(run_dirs: Sequence[Path], root: Path) -> pd.DataFrame:
 
 def lm_heads(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Detector scores and α/β of every checkpoint of `runs` (heads.csv): KEYS, step, layer, head, metric, value."""
-    h = load_heads(root)
-    h = h[h["run"].isin(set(runs["run"]))].drop(columns=[c for c in KEYS if c not in ("run", "seed")], errors="ignore")
-    return runs[KEYS].merge(h[["run", "step", "layer", "head", "metric", "value"]], on="run").sort_values(
+    h = load_heads(root)[["run", "step", "layer", "head", "metric", "value"]]
+    return runs[KEYS].merge(h[h["run"].isin(set(runs["run"]))], on="run").sort_values(
         ["label", "seed", "step", "metric", "layer", "head"], ignore_index=True)
 
 
