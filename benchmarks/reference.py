@@ -1,8 +1,9 @@
 """Plain-PyTorch reference transformer: the speed floor our models are compared against.
 
-Same shape as a kvshift_lens attn-only model (token + learned absolute positions, pre-LN blocks
-with biased q/k/v/o projections, final LayerNorm, bias-free unembedding), but no hooks, no
-bridge, no KV shift: `F.scaled_dot_product_attention(is_causal=True)` and nothing else.
+Same shape as a kvshift_lens model with learned positions and LayerNorm (token + learned absolute
+positions, pre-LN blocks with biased q/k/v/o projections and, when `d_mlp` > 0, a biased GELU MLP,
+final LayerNorm, bias-free unembedding), but no hooks, no bridge, no KV shift:
+`F.scaled_dot_product_attention(is_causal=True)` and nothing else.
 """
 
 from __future__ import annotations
@@ -29,23 +30,26 @@ class RefAttention(nn.Module):
 
 
 class RefBlock(nn.Module):
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, d_mlp: int = 0):
         super().__init__()
         self.ln = nn.LayerNorm(d_model)
         self.attn = RefAttention(d_model, n_heads)
+        self.mlp = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_mlp), nn.GELU(),
+                                 nn.Linear(d_mlp, d_model)) if d_mlp else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.ln(x))
+        x = x + self.attn(self.ln(x))
+        return x + self.mlp(x) if self.mlp is not None else x
 
 
 class RefModel(nn.Module):
-    """Attn-only transformer, learned positions, LayerNorm, SDPA; logits [batch, pos, vocab]."""
+    """Transformer (attention-only when d_mlp = 0), learned positions, LayerNorm, SDPA; logits [batch, pos, vocab]."""
 
-    def __init__(self, d_vocab: int, d_model: int, n_heads: int, n_layers: int, n_ctx: int):
+    def __init__(self, d_vocab: int, d_model: int, n_heads: int, n_layers: int, n_ctx: int, d_mlp: int = 0):
         super().__init__()
         self.embed = nn.Embedding(d_vocab, d_model)
         self.pos = nn.Parameter(torch.randn(n_ctx, d_model) * 0.02)
-        self.blocks = nn.ModuleList(RefBlock(d_model, n_heads) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(RefBlock(d_model, n_heads, d_mlp) for _ in range(n_layers))
         self.ln_out = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, d_vocab, bias=False)
 

@@ -36,6 +36,8 @@ TARGETS = {  # issue 6 §2 (ratios on the 2-core CPU)
     "kvshift_vs_vanilla": ("<=", 1.05),
     "sweep_speedup_2_workers": (">=", 1.7),
     "datagen_vs_consumption": (">=", 10.0),
+    "lm_tokens_per_s_vs_sdpa": (">=", 0.95),  # issue 14 §4
+    "lm_datagen_vs_consumption": (">=", 10.0),  # issue 14 §1
 }
 
 
@@ -56,6 +58,8 @@ class Shape:
 FULL_SHAPES = [Shape(1, 64, 64, 64),  # the default kvshift_1l/induction training shape
                Shape(1, 64, 128, 32), Shape(2, 64, 128, 32), Shape(1, 256, 512, 8), Shape(2, 256, 512, 8)]
 QUICK_SHAPES = [Shape(1, 16, 16, 4, n_heads=2, d_vocab=16)]
+LM_SHAPE = Shape(4, 128, 64, 12)  # nanoGPT's CPU "baby GPT" on shakespeare-char (GELU MLPs; vocab from the corpus)
+QUICK_LM_SHAPE = Shape(1, 16, 16, 4, n_heads=2)
 
 
 def sync(device: torch.device) -> None:
@@ -327,6 +331,38 @@ def mixers_markdown(res: dict) -> list[str]:
                          f"{d['payback_steps']['cold']} / {d['payback_steps']['warm']} |")
         lines += ["", c["note"]]
     return lines
+def bench_lm(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:
+    """Issue 14: our vanilla LM (LayerNorm, GELU MLP, learned positions) vs the plain-SDPA reference with
+    the same MLPs, one training step each on Shakespeare character windows; and the window sampler
+    (`kvshift_lens.tasks.text.random_windows`) against what one vanilla step consumes."""
+    from kvshift_lens.models import ModelConfig, build_module
+    from kvshift_lens.tasks.text import random_windows
+    from kvshift_lens.tokenization import tokenized_corpus
+
+    data = tokenized_corpus("shakespeare", "char")
+    stream, vocab, d_mlp = torch.from_numpy(data.train), data.vocab_size, 4 * shape.d_model
+    gen = torch.Generator().manual_seed(0)
+    tokens = random_windows(stream, shape.batch, shape.seq, gen).to(device)
+    torch.manual_seed(0)
+    ref = RefModel(vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq, d_mlp=d_mlp).to(device)
+    cfg = ModelConfig(mixer="none", n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
+                      d_vocab=vocab, n_ctx=shape.seq, attn_only=False, mlp="gelu", d_mlp=d_mlp)
+    variants = {"sdpa_ref": make_step(ref.train(), tokens),
+                "vanilla": make_step(build_module(cfg).to(device).train(), tokens),
+                "datagen": lambda: random_windows(stream, shape.batch, shape.seq, gen)}
+    probe = interleaved({"vanilla": variants["vanilla"]}, 1, 1, device, warmup=1)["vanilla"][0]
+    inner = max(1, min(20, round(0.15 / max(probe, 1e-6))))
+    times = interleaved(variants, rounds, inner, device, warmup=warmup)
+    tokens_per_step = shape.batch * shape.seq
+    return {
+        "shape": f"{shape.label} GELU MLP, vocab {vocab} (shakespeare char)", "rounds": rounds, "steps_per_sample": inner,
+        "n_params": {"sdpa_ref": sum(p.numel() for p in ref.parameters()),
+                     "vanilla": sum(p.numel() for p in build_module(cfg).parameters())},
+        "ms_per_step": {n: round(1e3 * statistics.median(t), 3) for n, t in times.items()},
+        "tokens_per_s": {n: round(tokens_per_step / statistics.median(times[n]), 1) for n in ("sdpa_ref", "vanilla")},
+        "lm_tokens_per_s_vs_sdpa": round(ratio(times, "sdpa_ref", "vanilla"), 3),
+        "lm_datagen_vs_consumption": round(ratio(times, "vanilla", "datagen"), 2),
+    }
 
 
 # --------------------------------------------------------------------------- subprocess benches
@@ -457,7 +493,7 @@ def to_markdown(res: dict) -> str:
         f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['threads']} thread(s), device {m['device']}; "
         f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end; "
         f"{res['total_seconds']:.0f} s.", "",
-        "## Targets (issue 6 §2; worst case over shapes)", "",
+        "## Targets (issue 6 §2, issue 14 for lm_*; worst case over shapes)", "",
         "| metric | value | target | met |", "|---|---|---|---|",
     ]
     for k, v in res["targets"].items():
@@ -474,6 +510,12 @@ def to_markdown(res: dict) -> str:
                      f"{ms['train_loop_kvshift']} | {d['vanilla_vs_sdpa']} | {d['kvshift_vs_sdpa']} | "
                      f"{d['bridge_kvshift_vs_sdpa']} | {d['kvshift_vs_vanilla']} | {d['datagen_seq_per_s']} | "
                      f"{d['consumption_seq_per_s']} | {d['datagen_vs_consumption']} |")
+    lm = res["lm"]
+    lines += ["", f"## Language model (issue 14): {lm['shape']}", "",
+              f"ms per step: SDPA ref {lm['ms_per_step']['sdpa_ref']}, vanilla {lm['ms_per_step']['vanilla']} "
+              f"(tokens/s {lm['tokens_per_s']['sdpa_ref']} vs {lm['tokens_per_s']['vanilla']}; parameters "
+              f"{lm['n_params']['sdpa_ref']:,} vs {lm['n_params']['vanilla']:,}); window sampler "
+              f"{lm['ms_per_step']['datagen']} ms per batch."]
     if any("compiled_kvshift_vs_kvshift" in d for d in res["details"]):
         lines += ["", "torch.compile (KV-shift, compiled / eager): " +
                   ", ".join(f"{d['shape']}: {d['compiled_kvshift_vs_kvshift']}" for d in res["details"])]
@@ -531,6 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, d in compiled["mixers"].items():
         print(f"[bench] compile {name}: {d['compile_seconds']} s, compiled/eager {d['compiled_vs_eager']}, "
               f"payback steps {d['payback_steps']}", flush=True)
+    lm = bench_lm(QUICK_LM_SHAPE if args.quick else LM_SHAPE, device, rounds, warmup=1 if args.quick else 3)
+    print(f"[bench] LM {lm['shape']}: {lm['ms_per_step']} tokens/s vanilla/ref={lm['lm_tokens_per_s_vs_sdpa']} "
+          f"datagen/consumed={lm['lm_datagen_vs_consumption']}", flush=True)
 
     def emit(training: dict, sweep: dict) -> dict:
         res = {
@@ -538,6 +583,8 @@ def main(argv: list[str] | None = None) -> dict:
             "kvshift_vs_vanilla": max(d["kvshift_vs_vanilla"] for d in details),
             "sweep_speedup_2_workers": sweep["speedup"],
             "datagen_vs_consumption": min(d["datagen_vs_consumption"] for d in details),
+            "lm_tokens_per_s_vs_sdpa": lm["lm_tokens_per_s_vs_sdpa"],
+            "lm_datagen_vs_consumption": lm["lm_datagen_vs_consumption"],
             "seconds_to_90pct_induction": training["seconds_to_90"],
             "peak_rss_mb": round(training["max_rss_mb"], 1),
             "git_commit": commit,
@@ -545,6 +592,7 @@ def main(argv: list[str] | None = None) -> dict:
             "load_average": {"start": load_start, "end": load_average()},
             "quick": args.quick,
             "details": details,
+            "lm": lm,
             "training_run": training,
             "sweep": sweep,
             "mixer_vs_vanilla": mixers["mixer_vs_vanilla"],

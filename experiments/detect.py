@@ -52,8 +52,9 @@ def main(cfg: DictConfig) -> None:
     except (OSError, ValueError) as e:
         fail(str(e))
     for run_dir, s in results.items():
-        print(f"{run_dir}: induction_heads={s['induction_heads']} mechanisms={s['induction_mechanisms']} "
-              f"emergence_step={s['emergence_step']} phase_change_step={s['phase_change_step']}")
+        keys = ("induction_heads", "induction_mechanisms", "first_induction_head", "induction_layers", "emergence_step",
+                "phase_change_step", "icl_jump_step")  # text runs report layers and the ICL jump (kvshift_lens.lm)
+        print(f"{run_dir}: " + " ".join(f"{k}={s[k]}" for k in keys if k in s))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 if not OmegaConf.has_resolver("path_safe"):  # run directories (conf/train.yaml): model/mixer=x -> model.mixer=x
     OmegaConf.register_new_resolver("path_safe", lambda s: str(s).replace("/", "."))
 
+
+def _text_vocab(corpus: str, tokenizer: str, vocab_size: int) -> int:
+    """conf/task/text.yaml's `${text_vocab:...}`, registered here (importing torch only when resolved) because
+    hydra's launchers reset every job's resolvers to the launcher process's set."""
+    from kvshift_lens.tasks.text import text_vocab
+
+    return text_vocab(str(corpus), str(tokenizer), int(vocab_size))
+
+
+if not OmegaConf.has_resolver("text_vocab"):
+    OmegaConf.register_new_resolver("text_vocab", _text_vocab)
+
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # Hydra finds our sweeper plugin (hydra_plugins/, beside conf/) on sys.path
     sys.path.append(ROOT)

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from transformer_lens import TransformerBridge, head_detector
 from transformer_lens.utilities import get_act_name
 
+from kvshift_lens.icl import icl_from_token_losses, token_losses
 from kvshift_lens.models import attention_layers, model_config
 
 BOS = 0
 PREFIX_REPEATS = 4  # Olsson et al. measure prefix matching on r repeated several times
-ICL_FRACTIONS = (0.1, 0.98)  # Olsson et al.: tokens 50 and 500 of 512, rescaled to T
 METRICS = (
     "induction_score", "prefix_matching", "previous_token_score", "duplicate_token_score",
     "copying_score", "copying_boost_share", "ablation_drop", "icl_score",
@@ -67,11 +67,6 @@ def scored_mask(tokens: torch.Tensor, period: int) -> torch.Tensor:
     """True where the NEXT token is predictable by induction (t in [L+1, T-2]): [batch, T] bool."""
     pos = torch.arange(tokens.shape[1], device=tokens.device)
     return ((pos > period) & (pos < tokens.shape[1] - 1)).expand_as(tokens)
-
-
-def icl_positions(seq_len: int) -> tuple[int, int]:
-    """Early and late token positions of the ICL score: round(0.1·T), round(0.98·T) within [1, T-1]."""
-    return tuple(min(max(round(f * seq_len), 1), seq_len - 1) for f in ICL_FRACTIONS)
 
 
 # --- detection targets: bool [batch or 1, q, k], True where a query should attend -------------
@@ -319,12 +314,9 @@ def ablate_heads(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def icl_score(model: TransformerBridge, tokens: torch.Tensor) -> float:
-    """Olsson et al. ICL score: mean loss on token round(0.98·T) minus on token round(0.1·T) (< 0: ICL)."""
+    """Olsson et al. ICL score of `model` on `tokens` [batch, T] (`icl_from_token_losses`; < 0: ICL)."""
     tokens = tokens.to(_device(model))
-    early, late = icl_positions(tokens.shape[1])
-    logp = model(tokens).log_softmax(-1)
-    loss = lambda p: -logp[:, p - 1].gather(-1, tokens[:, p, None]).mean()  # noqa: E731
-    return (loss(late) - loss(early)).item()
+    return icl_from_token_losses(token_losses(model(tokens), tokens))
 
 
 def _tidy(metric: str, values: torch.Tensor) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -67,9 +67,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def detect_run(run_dir: PathLike, metrics: Sequence[str] = CHEAP_METRICS, final_metrics: Sequence[str] = METRICS,
-               batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+               batch_size: int = 16, seed: int = 0,
+               score: Optional[Callable[[TransformerBridge, int], pd.DataFrame]] = None) -> pd.DataFrame:
     """Score every checkpoint not yet in heads.csv (`final_metrics`, ablations included, on the last
-    one), appending after each so an interrupted analysis resumes; returns the whole table."""
+    one; or `score(model, step)` rows when given), appending after each so an interrupted analysis
+    resumes; returns the whole table."""
     run_dir = Path(run_dir)
     checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
@@ -80,8 +82,8 @@ def detect_run(run_dir: PathLike, metrics: Sequence[str] = CHEAP_METRICS, final_
         for step, path in checkpoints.items():
             if step in done:
                 continue
-            rows = checkpoint_rows(load_model(path), step, final_metrics if step == final else metrics,
-                                   batch_size, seed)
+            rows = score(load_model(path), step) if score is not None else \
+                checkpoint_rows(load_model(path), step, final_metrics if step == final else metrics, batch_size, seed)
             heads = pd.concat([heads, rows], ignore_index=True) if len(heads) else rows
             _write_csv(heads, run_dir / HEADS_FILE)  # after each checkpoint: an interrupted run resumes
     return heads.sort_values(["step", "metric", "layer", "head"], ignore_index=True)
@@ -141,12 +143,10 @@ def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EM
     """Add emergence_step, phase_change_step, induction_heads and their mechanisms (and scores) to
     summary.json, keeping every existing key; returns the new summary."""
     run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
     checkpoints = run_checkpoints(run_dir)
     model = load_model(checkpoints[max(checkpoints)])
     found = final_induction_heads(model, threshold)
-    summary.update({
+    return merge_summary(run_dir, {
         "emergence_threshold": threshold,
         "emergence_step": emergence_step(heads, threshold),
         "phase_change_step": phase_change_step(pd.read_csv(run_dir / "metrics.csv")),
@@ -155,6 +155,12 @@ def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EM
         "induction_head_scores": [round(float(s), 4) for s in found["induction_score"]],
         **induction_heads_ablated(model, list(zip(found["layer"], found["head"]))),
     })
+
+
+def merge_summary(run_dir: PathLike, keys: dict) -> dict:
+    """Add `keys` to a run's summary.json (atomically), keeping every other key; returns the new summary."""
+    path = Path(run_dir) / "summary.json"
+    summary = {**(json.loads(path.read_text()) if path.exists() else {}), **keys}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, path)
@@ -162,7 +168,12 @@ def update_summary(run_dir: PathLike, heads: pd.DataFrame, threshold: float = EM
 
 
 def analyze_run(run_dir: PathLike, **detect_kwargs) -> dict:
-    """detect_run + update_summary for one run directory; returns its summary."""
+    """detect_run + update_summary for one run directory (text runs: `kvshift_lens.lm.analyze_lm_run`);
+    returns its summary."""
+    if json.loads(Path(run_dir, "config.json").read_text())["task"]["name"] == "text":
+        from kvshift_lens.lm import analyze_lm_run  # lm builds on this module
+
+        return analyze_lm_run(run_dir, **{k: v for k, v in detect_kwargs.items() if k in ("batch_size", "seed")})
     heads = detect_run(run_dir, **detect_kwargs)
     return update_summary(run_dir, heads)
 

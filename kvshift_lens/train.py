@@ -24,11 +24,13 @@ from tqdm.auto import tqdm
 from kvshift_lens.checkpoints import save_model, state_sha256
 from kvshift_lens.config import check_compatible
 from kvshift_lens.errors import ConfigError, TrainingDiverged
+from kvshift_lens.icl import token_losses
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.models import build_module, constrain_, no_weight_decay_parameters
 from kvshift_lens.provenance import git_commit
-from kvshift_lens.tasks import Batch, TaskConfig, make_task, task_config
+from kvshift_lens.tasks import Batch, Task, TaskConfig, make_task, task_config
 from kvshift_lens.tasks.base import upgrade_legacy as upgrade_task
+from kvshift_lens.tokenizer import attach_tokenizer
 from kvshift_lens.train_config import TrainConfig
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
@@ -82,18 +84,24 @@ def scored_correct(logits: torch.Tensor, batch: Batch) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str) -> tuple[float, float]:
-    """Mean eval loss and scored-position accuracy over a fixed list of batches."""
+def evaluate(model: torch.nn.Module, eval_batches: list[Batch], loss_on: str,
+             task: Optional[Task] = None) -> tuple[float, float, dict[str, float]]:
+    """Mean eval loss, scored-position accuracy and the task's own held-out metrics (`task.metric_names`,
+    from the per-token losses of all batches) over a fixed list of batches."""
     was_training = model.training
     model.eval()
-    losses, correct, total = [], 0, 0
+    losses, correct, total, per_token = [], 0, 0, []
     for batch in eval_batches:
         logits = model(batch.tokens)
         losses.append(batch_loss(logits, batch, loss_on).item())
         c, n = scored_correct(logits, batch)
         correct, total = correct + c, total + n
+        if task is not None and task.metric_names:
+            per_token.append(token_losses(logits, batch.tokens).cpu())
     model.train(was_training)
-    return float(np.mean(losses)), correct / max(total, 1)
+    extra = task.held_out_metrics(torch.cat(per_token), torch.cat([b.tokens.cpu() for b in eval_batches])) \
+        if per_token else {}
+    return float(np.mean(losses)), correct / max(total, 1), extra
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -119,10 +127,10 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+def _write_metrics(path: Path, rows: list[dict], columns: list[str] = METRIC_COLUMNS) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -196,14 +204,14 @@ def train(
 
     model = build_module(model_cfg).to(device)
     model.train()
+    if task.tokenizer is not None:  # text: checkpoints carry it, so TL's string tools work on reloaded models
+        attach_tokenizer(model, task.tokenizer, **task.special_tokens)
     forward = torch.compile(model) if cfg.compile else model  # training steps only: evaluation and checkpoints stay eager
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(model_cfg.seed)
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
-    eval_batches = [
-        _to(task.sample(min(cfg.batch_size, cfg.eval_size - i), eval_gen), device)
-        for i in range(0, cfg.eval_size, cfg.batch_size)
-    ]
+    eval_batches = [_to(b, device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
+    columns = METRIC_COLUMNS + list(task.metric_names)
     ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
     metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
 
@@ -228,12 +236,12 @@ def train(
     started = time.perf_counter()
 
     def log_eval() -> dict:
-        eval_loss, acc = evaluate(model, eval_batches, cfg.loss_on)
+        eval_loss, acc, extra = evaluate(model, eval_batches, cfg.loss_on, task)
         row = {"step": step, "train_loss": float(np.mean(recent)) if recent else float("nan"),
                "eval_loss": eval_loss, "induction_acc": acc, "lr": lr_at(max(step - 1, 0), cfg),
-               "train_seconds": round(train_seconds, 3)}
+               "train_seconds": round(train_seconds, 3), **extra}
         rows.append(row)
-        _write_metrics(metrics_path, rows)
+        _write_metrics(metrics_path, rows, columns)
         return row
 
     if step == 0:
@@ -242,7 +250,11 @@ def train(
 
     def write_summary(status: str, error: Optional[str] = None) -> dict:
         summary = {"status": status, **({"error": error} if error else {}), **summarize(rows, threshold=0.9)}
+        tokens = step * cfg.batch_size * task_cfg.seq_len
         summary.update({
+            **{f"final_{name}": float(rows[-1][name]) for name in task.metric_names},
+            "train_tokens": tokens,
+            "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
             "wall_seconds_this_session": round(time.perf_counter() - started, 3),
             "train_seconds": round(train_seconds, 3),
             "device": str(device),
@@ -281,6 +293,8 @@ def train(
         bar.update(1)
         if step in ckpt_steps:
             save_model(model, run_dir / "checkpoints" / f"step_{step:07d}.safetensors")
+        if step in ckpt_steps and cfg.eval_at_checkpoints and not (step % cfg.eval_every == 0 or step == cfg.steps):
+            log_eval()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row = log_eval()
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")

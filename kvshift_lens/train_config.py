@@ -29,6 +29,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
     eval_size: int = 512  # held-out sequences, fixed per seed
     n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis (> 0: the last step too)
+    eval_at_checkpoints: bool = False  # also evaluate at every checkpoint step (text: ICL where detectors run)
     stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0: chosen by the launcher (docs/training.md)
     compile: bool = False  # torch.compile the model for the training steps (make bench: compile_payback says when it pays)

@@ -9,6 +9,7 @@ from kvshift_lens.mixers import MIXERS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"step_ratio_vs_sdpa", "kvshift_vs_vanilla", "sweep_speedup_2_workers", "datagen_vs_consumption",
+        "lm_tokens_per_s_vs_sdpa", "lm_datagen_vs_consumption", "lm",
         "seconds_to_90pct_induction", "peak_rss_mb", "git_commit", "machine", "load_average", "details",
         "mixer_vs_vanilla", "mixer_targets", "compile_payback"}
 
@@ -21,7 +22,8 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert KEYS <= set(res)
     assert {"cpu", "cores", "torch", "threads", "device"} <= set(res["machine"])
     assert res["details"] and {"shape", "ms_per_step", "kvshift_vs_vanilla", "datagen_vs_consumption"} <= set(res["details"][0])
-    for key in ("step_ratio_vs_sdpa", "kvshift_vs_vanilla", "datagen_vs_consumption", "peak_rss_mb"):
+    for key in ("step_ratio_vs_sdpa", "kvshift_vs_vanilla", "datagen_vs_consumption", "peak_rss_mb",
+                "lm_tokens_per_s_vs_sdpa", "lm_datagen_vs_consumption"):
         assert res[key] > 0
     assert "| step_ratio_vs_sdpa |" in (tmp_path / "bench.md").read_text()
     assert set(res["mixer_vs_vanilla"]) == set(MIXERS.names()) - {"none"}  # every mixer, as a ratio to vanilla

@@ -7,7 +7,7 @@ import torch
 
 from kvshift_lens.detect import (
     BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_boost_share, copying_score, duplicate_token_score,
-    head_scores, icl_positions,
+    head_scores,
     induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens,
     scored_mask, tl_detector_scores,
 )
@@ -154,12 +154,6 @@ def test_repeated_tokens_are_seeded_bos_led_copies_without_bos_inside():
     assert repeat_period(a) == 7
     with pytest.raises(ValueError, match="BOS"):
         repeat_period(torch.randint(1, 12, (2, 15), generator=torch.Generator().manual_seed(0)))
-
-
-def test_icl_positions_rescale_olsson_tokens_50_and_500_of_512():
-    assert icl_positions(512) == (51, 502)
-    assert icl_positions(63) == (6, 62)
-    assert icl_positions(3) == (1, 2)
 
 
 # --- whole models -------------------------------------------------------------------------

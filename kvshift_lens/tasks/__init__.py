@@ -1,5 +1,5 @@
-"""Synthetic next-token tasks, one file each, registered by name (`task.name`); see `base` for the
-protocol and docs/extending.md for adding one."""
+"""Next-token tasks, one file each, registered by name (`task.name`): the synthetic tasks and `text` (language
+modelling on a corpus that ships with the install); see `base` for the protocol and docs/extending.md for adding one."""
 
 from kvshift_lens.tasks.base import (
     BOS,
@@ -15,7 +15,7 @@ from kvshift_lens.tasks.base import (
     register_task,
     task_config,
 )
-from kvshift_lens.tasks import hop_k, induction, mqar, ngram, repeated_tokens, stacked_mqar  # noqa: F401  (register)
+from kvshift_lens.tasks import hop_k, induction, mqar, ngram, repeated_tokens, stacked_mqar, text  # noqa: F401  (register)
 from kvshift_lens.tasks.hop_k import hop_k_reference
 
 __all__ = ["BOS", "N_SPECIAL", "NO_ANSWER", "PAD", "TASKS", "Batch", "Task", "TaskConfig", "hop_k_reference",

@@ -42,7 +42,16 @@ class Batch(NamedTuple):
 
 
 class Task(ABC):
-    """A synthetic next-token task; `sample` is a pure function of the generator state."""
+    """A next-token task; `sample` is a pure function of the generator state.
+
+    Optional hooks (defaults suit synthetic tasks): `held_out` builds the fixed evaluation set, a task that
+    names extra held-out metrics in `metric_names` computes them in `held_out_metrics`, and a task whose ids
+    come from a real tokenizer sets `tokenizer` (text does all three).
+    """
+
+    metric_names: tuple[str, ...] = ()  # extra metrics.csv columns, from `held_out_metrics`
+    tokenizer: Any = None  # a `tokenizers.Tokenizer` the trainer attaches to the model (None: synthetic ids)
+    special_tokens: dict[str, str] = {}  # its BOS/EOS/... names for `kvshift_lens.tokenizer.attach_tokenizer`
 
     def __init__(self, cfg: "TaskConfig") -> None:
         self.cfg = cfg
@@ -51,6 +60,16 @@ class Task(ABC):
     @abstractmethod
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """Draw `batch_size` sequences using only `generator` (CPU tensors out)."""
+
+    def held_out(self, n: int, batch_size: int, generator: torch.Generator) -> list[Batch]:
+        """The fixed evaluation set: `n` sequences in batches of `batch_size`, drawn from `generator` (the
+        trainer seeds a stream disjoint from the training one)."""
+        return [self.sample(min(batch_size, n - i), generator) for i in range(0, n, batch_size)]
+
+    def held_out_metrics(self, losses: Tensor, tokens: Tensor) -> dict[str, float]:
+        """The `metric_names` metrics from the per-token losses [n, T] (`kvshift_lens.icl.token_losses`) of the
+        whole evaluation set and its tokens [n, T]."""
+        return {}
 
     @property
     @abstractmethod
