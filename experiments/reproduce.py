@@ -32,7 +32,7 @@ from kvshift_lens import provenance, sweeps  # noqa: E402
 from kvshift_lens.report import claims as C  # noqa: E402
 from kvshift_lens.report import plots as P  # noqa: E402
 from kvshift_lens.report import tables as T  # noqa: E402
-from kvshift_lens.report.markdown import finding_section, splice_section  # noqa: E402
+from kvshift_lens.report.markdown import finding_section, splice_section, spliced_sections  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"quick": ("reproduce", "local_parallel"), "tiny": ("reproduce_tiny", "basic"),
@@ -186,9 +186,12 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
         lines += ["", "## Not drawn yet", "", "These figures of the profile have no runs or CSV here yet; their runs "
                   f"resume with `{meta['command']} --only {','.join(missing)}`:", "", *[f"- {n}" for n in missing]]
     path = out / "REPORT.md"
-    path.write_text("\n".join(lines) + "\n")
+    kept = spliced_sections(path)  # sections of other commands (phase diagram, theory, mixers, lm) survive a rewrite
     if (out / PHASE_SECTION).exists():
-        splice_section(path, "phase_diagram", (out / PHASE_SECTION).read_text())
+        kept["phase_diagram"] = (out / PHASE_SECTION).read_text()
+    path.write_text("\n".join(lines) + "\n")
+    for name, text in kept.items():
+        splice_section(path, name, text)
     return path
 
 

@@ -91,3 +91,19 @@ def test_phase_diagram_section_is_replaced_not_duplicated_in_the_report(tmp_path
     text = report.read_text()
     assert text.startswith("# Report\n\nfigures\n") and text.count("## Phase diagram") == 1
     assert "new verdict" in text and "old verdict" not in text
+
+
+def test_rewriting_the_report_keeps_the_sections_other_commands_spliced_in(tmp_path):
+    from experiments.reproduce import write_report
+
+    report = tmp_path / "REPORT.md"
+    report.write_text("# old figures\n")
+    splice_section(report, "theory", "## Theorem constructions\nC = 1.5")
+    splice_section(report, "lm", "## Language modelling\ngap 0.07")
+    meta = {"command": "python -m experiments.reproduce", "profile": "tiny", "git_commit": "abc", "wall_seconds": 1.0,
+            "load_before": 0.0, "load_after": 0.0, "cpu_count": 2}
+    write_report(tmp_path, {}, {"description": "test"}, meta, [])
+    text = report.read_text()
+    assert "# old figures" not in text and text.startswith("# Reproduction report")
+    assert text.count("C = 1.5") == 1 and text.count("gap 0.07") == 1
+    assert text.index("C = 1.5") < text.index("gap 0.07")  # in their earlier order

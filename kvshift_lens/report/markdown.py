@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,13 @@ def finding_section(name: str, f: Finding, image: str = "") -> list[str]:
     if f.notes:
         lines += ["", *f.notes]
     return lines + ([f"", f"![{name}]({image})"] if image else [])
+
+
+def spliced_sections(report: Path) -> dict[str, str]:
+    """The `<!-- name -->` sections other commands spliced into `report` (name -> text), in order; {} if absent."""
+    body = report.read_text() if report.exists() else ""
+    found = re.findall(r"<!-- ([\w.-]+) -->\n(.*?)\n<!-- /\1 -->", body, flags=re.S)
+    return dict(found)
 
 
 def splice_section(report: Path, name: str, text: str) -> None:
