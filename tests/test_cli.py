@@ -124,7 +124,7 @@ SWEEP_JOBS = "model.d_model=16,sixty,32"  # three jobs, the middle one invalid
 LAUNCHER_THREADS = {"local_parallel": max(1, (os.cpu_count() or 1) // 2), "cluster_local": 1, "submitit_local": 1}
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local_parallel", "cluster_local", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel", "cluster_local"])  # cluster_local: submitit's local executor
 def test_a_failing_job_costs_no_other_job_and_the_sweep_reports_it(tmp_path, launcher):
     tiny = [a for a in TINY if not a.startswith(("model.d_model", "train.threads"))]
     r = cli("-m", f"hydra/launcher={launcher}", SWEEP_JOBS, "name=t", *tiny, out=tmp_path)

@@ -65,7 +65,8 @@ def lm_curves(run_dirs: Sequence[Path], root: Path) -> pd.DataFrame:
     """One row per finished run × evaluation: KEYS, step, tokens trained so far, losses and the ICL scores."""
     c = _with_keys(curves_table(run_dirs, root, extra=METRICS + ["train.batch_size"]))
     c["tokens"] = c["step"] * c["train.batch_size"] * c["task.seq_len"]
-    return c[KEYS + ["step", "tokens", "eval_loss", "train_loss", "induction_acc", *METRICS]]
+    c = c.rename(columns={"induction_acc": "next_token_acc"})  # the trainer's accuracy column is next-token accuracy on text
+    return c[KEYS + ["step", "tokens", "eval_loss", "train_loss", "next_token_acc", *METRICS]]
 
 
 def lm_runs(run_dirs: Sequence[Path], root: Path) -> pd.DataFrame:
