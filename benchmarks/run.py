@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks (issue 6 §1): `python -m benchmarks.run [--quick] [--out DIR]`.
+"""Speed and memory benchmarks: `python -m benchmarks.run [--quick] [--out DIR]`.
 
 Everything is reported as a ratio measured inside one run, because the CPU machine is shared
 and absolute timings drift with the load: compared variants are interleaved (A B C ... then
@@ -31,13 +31,13 @@ from kvshift_lens import sweeps
 from kvshift_lens.provenance import git_commit, git_dirty, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {  # issue 6 §2 (ratios on the 2-core CPU)
+TARGETS = {  # the speed targets (ratios on the 2-core CPU)
     "step_ratio_vs_sdpa": ("<=", 1.2),
     "kvshift_vs_vanilla": ("<=", 1.05),
     "sweep_speedup_2_workers": (">=", 1.7),
     "datagen_vs_consumption": (">=", 10.0),
-    "lm_tokens_per_s_vs_sdpa": (">=", 0.95),  # issue 14 §4
-    "lm_datagen_vs_consumption": (">=", 10.0),  # issue 14 §1
+    "lm_tokens_per_s_vs_sdpa": (">=", 0.95),  # the LM anchor shape (docs/lm.md)
+    "lm_datagen_vs_consumption": (">=", 10.0),  # the window sampler outpaces training
 }
 
 
@@ -197,7 +197,7 @@ def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: b
     return row
 
 
-# --------------------------------------------------------------------------- mixers (issue 13 §5)
+# --------------------------------------------------------------------------- mixers
 
 MIXER_TARGET = ("<=", 1.15)  # each mixer's training step vs vanilla at the default training shape
 DEFAULT_RUN_STEPS = 3000  # conf/train/default.yaml: the run length a compile must pay back within
@@ -493,7 +493,7 @@ def to_markdown(res: dict) -> str:
         f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['threads']} thread(s), device {m['device']}; "
         f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end; "
         f"{res['total_seconds']:.0f} s.", "",
-        "## Targets (issue 6 §2, issue 14 for lm_*; worst case over shapes)", "",
+        "## Targets (worst case over shapes)", "",
         "| metric | value | target | met |", "|---|---|---|---|",
     ]
     for k, v in res["targets"].items():
@@ -511,7 +511,7 @@ def to_markdown(res: dict) -> str:
                      f"{d['bridge_kvshift_vs_sdpa']} | {d['kvshift_vs_vanilla']} | {d['datagen_seq_per_s']} | "
                      f"{d['consumption_seq_per_s']} | {d['datagen_vs_consumption']} |")
     lm = res["lm"]
-    lines += ["", f"## Language model (issue 14): {lm['shape']}", "",
+    lines += ["", f"## Language model: {lm['shape']}", "",
               f"ms per step: SDPA ref {lm['ms_per_step']['sdpa_ref']}, vanilla {lm['ms_per_step']['vanilla']} "
               f"(tokens/s {lm['tokens_per_s']['sdpa_ref']} vs {lm['tokens_per_s']['vanilla']}; parameters "
               f"{lm['n_params']['sdpa_ref']:,} vs {lm['n_params']['vanilla']:,}); window sampler "

@@ -1,4 +1,4 @@
-"""Language modelling on real text (issue 14): train, score every checkpoint, write results/lm_* and REPORT.md's `lm`.
+"""Language modelling on real text: train, score every checkpoint, write results/lm_* and REPORT.md's `lm`.
 
     python -m experiments.lm                       # CPU profile (conf/experiment/lm.yaml), resumable
     python -m experiments.lm --only llama_4l       # also train the 4-layer pair (outputs cover every finished run)
@@ -40,7 +40,7 @@ def section(findings: dict, runs: pd.DataFrame, spec: dict, record: dict) -> str
     """The `lm` section of REPORT.md: command, compute and load, the anchor, then each finding."""
     per_run = runs.groupby("label").agg(tokens=("train_tokens", "max"), seconds=("train_seconds", "mean"),
                                         tokens_per_s=("tokens_per_second", "mean"))
-    lines = ["## Language modelling on real text (issue 14)", "",
+    lines = ["## Language modelling on real text", "",
              f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). "
              f"{spec['description']} {len(runs)} runs, seeds {record['seeds']}; "
              f"{record['train_core_minutes']:.1f} core-minutes of training (per-run train seconds, 1 thread each); "

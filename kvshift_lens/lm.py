@@ -1,4 +1,4 @@
-"""Induction heads and in-context learning in real-text language models (issue 14).
+"""Induction heads and in-context learning in real-text language models.
 
 Every saved checkpoint of a text run is scored with the suite's detectors on two kinds of input:
 

@@ -1,4 +1,4 @@
-"""The language-model study (issue 14): its tables, figures and claims, on top of the report layer.
+"""The language-model study: its tables, figures and claims, on top of the report layer.
 
 Runs of `conf/experiment/lm*.yaml` are labelled `<arch> <n>L <variant>` (variant `llama`, `attn-only`, or
 `babygpt` for the nanoGPT anchor). `curves` has one row per run × evaluation (held-out loss, bits per
