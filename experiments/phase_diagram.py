@@ -16,7 +16,6 @@ markdown section with the verdicts (also spliced into results/REPORT.md).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -153,13 +152,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    parser.add_argument("--launcher", help="hydra launcher (default: the profile's; e.g. cluster_local, local_parallel)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "runs", help="hydra out_dir (runs live below)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
-    parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers)")
-    parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
+    parser = sweeps.study_parser(__doc__.splitlines()[0], PROFILES, ROOT / "runs")
     parser.add_argument("--only", nargs="+", default=(), metavar="GRID",
                         help="train only these grids of the profile (outputs still cover all its finished runs)")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ its own runs and never strays from older grids.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -27,6 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"
 HISTORY = "sweep_history.jsonl"  # one line per sweep invocation, kept in the sweep directory
 VOLATILE = ("out_dir",)  # override keys that say where a run was written, not what it computed
+
+
+def study_parser(description: str, profiles: Sequence[str], out_dir: Path) -> argparse.ArgumentParser:
+    """The command line every study entry point shares (profile, launcher, run and results folders, jobs, skip-train)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", choices=sorted(profiles), default="cpu")
+    parser.add_argument("--launcher", help="hydra launcher (default: the profile's; e.g. cluster_local, local_parallel)")
+    parser.add_argument("--out-dir", type=Path, default=out_dir, help="hydra out_dir (runs live below)")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers)")
+    parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
+    return parser
 
 
 def experiment_spec(name: str) -> dict:
