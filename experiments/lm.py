@@ -43,8 +43,7 @@ def section(findings: dict, runs: pd.DataFrame, spec: dict, record: dict) -> str
              f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). "
              f"{spec['description']} {len(runs)} runs, seeds {record['seeds']}; "
              f"{record['train_core_minutes']:.1f} core-minutes of training (per-run train seconds, 1 thread each); "
-             f"this invocation {record['wall_seconds_this_invocation'] / 60:.1f} min wall on {record['cpu_count']} cores "
-             f"(load average {record['load_average']}); commit and configs in `lm.provenance.json`; definitions in "
+             f"{provenance.wall_text(record)}; commit and configs in `lm.provenance.json`; definitions in "
              "docs/lm.md.", "",
              "Per model: " + "; ".join(f"{label}: {int(r.tokens):,} tokens, {r.seconds:.0f} s of training, "
                                        f"{r.tokens_per_s:,.0f} tokens/s" for label, r in per_run.iterrows()) + ".", "",

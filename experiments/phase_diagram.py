@@ -106,15 +106,14 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
               "training_time": provenance.training_time(sweep_dir / r for r in runs.run)}
     provenance.write_json(paths["provenance"], record)
 
-    wall = record.get("wall_seconds_this_invocation", 0.0)
     violations = lr_grid_violations(cells, phase.PROTOCOL)
     lines = [
         f"## Phase diagram: who learns induction, at which width, depth and length ({prefix})", "",
         f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). {spec['description']} "
         f"{len(runs)} runs in {len(status)} cells; AdamW lr {', '.join(f'{x:g}' for x in lrs)}; budgets "
         f"{'/'.join(map(str, budget))} steps; batch {'/'.join(str(b) for b in sorted(runs.batch_size.unique()))}. Training compute {core_min:.1f} core-minutes (sum of per-run "
-        f"train seconds, 1 thread each); this invocation {wall / 60:.1f} min wall on {record['cpu_count']} cores "
-        f"(load average {record['load_average']}); `{paths['provenance'].name}` has commit, grids and timings.", "",
+        f"train seconds, 1 thread each); {provenance.wall_text(record)}; `{paths['provenance'].name}` has commit, "
+        "grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`, docs/protocol.md): a run *succeeds* when held-out induction "
         f"accuracy reaches {phase.PROTOCOL.threshold:.0%} (it stops there); otherwise it *failed* if it plateaued (no "
         f"gain > {phase.PROTOCOL.plateau_gain} of its running best over the last {phase.PROTOCOL.plateau_window:.0%} of "

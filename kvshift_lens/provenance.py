@@ -72,6 +72,16 @@ def training_time(run_dirs: Iterable[Path]) -> dict:
     return {"finished_runs": len(summaries), "train_seconds_sum": round(train_s, 1), "wall_span_s": round(span, 1)}
 
 
+def wall_text(record: dict) -> str:
+    """"training sweeps X min wall (n sweeps), this invocation Y min, on C cores (load average L)": the sweeps'
+    own wall times survive a later `--skip-train` or a resumed study, the invocation's alone would not."""
+    history = record.get("sweep_history") or []
+    sweeps_min = sum(h.get("wall_seconds", 0.0) for h in history) / 60
+    return (f"training sweeps {sweeps_min:.1f} min wall ({len(history)} sweep{'s' if len(history) != 1 else ''}), "
+            f"this invocation {record.get('wall_seconds_this_invocation', 0.0) / 60:.1f} min, on "
+            f"{record['cpu_count']} cores (load average {record['load_average']})")
+
+
 def write_json(path: Path, data: dict) -> Path:
     """Write `data` as indented JSON (non-JSON values as strings) and return the path."""
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -78,22 +78,25 @@ def test_induction_rules_censor_runs_without_an_induction_head(kv, va, co, outco
 
 
 def shifts(init: list[int], end: list[int], runs: int = 3) -> pd.DataFrame:
-    """Heads of one label with `init` / `end` counts per quadrant (QUADRANTS order), dealt over `runs` runs."""
+    """Heads of one label with `init` / `end` counts per quadrant (QUADRANTS order), dealt over `runs` runs;
+    head i sits in the i-th quadrant of each list, so equal lists leave every head where it was."""
     rows = []
     for progress, counts in ((0.0, init), (1.0, end)):
         heads = [q for q, n in zip(QUADRANTS, counts) for _ in range(n)]
-        rows += [{"run": f"kvshift/{i % runs}", "label": "kvshift 2L llama", "progress": progress, "quadrant": q}
-                 for i, q in enumerate(heads)]
+        rows += [{"run": f"kvshift/{i % runs}", "layer": 0, "head": i // runs, "label": "kvshift 2L llama",
+                  "progress": progress, "quadrant": q} for i, q in enumerate(heads)]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("end, outcome", [
-    ([20, 2, 2, 20], REPRODUCED),  # onto the diagonal, as in the paper
-    ([2, 20, 20, 2], NOT_REPRODUCED),  # off the diagonal
-    ([11, 11, 11, 11], INCONCLUSIVE),  # where init left them
+@pytest.mark.parametrize("init, end, outcome", [
+    ([11, 11, 11, 11], [20, 2, 2, 20], REPRODUCED),  # onto the diagonal, as in the paper
+    ([11, 11, 11, 11], [2, 20, 20, 2], NOT_REPRODUCED),  # off the diagonal
+    ([11, 11, 11, 11], [11, 11, 11, 11], INCONCLUSIVE),  # where init left them
+    ([20, 2, 2, 20], [20, 2, 2, 20], INCONCLUSIVE),  # on the diagonal already at init: not training's doing
 ])
-def test_table4_adds_the_papers_diagonal_pattern_to_the_suites_spread_rule(end, outcome):
-    f = find_lm_table4(shifts([11, 11, 11, 11], end))
-    assert [name for name, _ in f.parts] == ["kvshift 2L llama: training spreads heads over the quadrants",
-                                             "kvshift 2L llama: most heads on the diagonal quadrants, as in the paper"]
+def test_table4_adds_the_papers_diagonal_pattern_against_the_heads_own_init(init, end, outcome):
+    f = find_lm_table4(shifts(init, end))
+    assert [name for name, _ in f.parts] == [
+        "kvshift 2L llama: training spreads heads over the quadrants",
+        "kvshift 2L llama: training moves heads onto the diagonal quadrants, as in the paper"]
     assert f.parts[-1][1].outcome == outcome and "paper 102/128" in f.numbers[-1]

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from kvshift_lens import sweeps
+from kvshift_lens import provenance, sweeps
 from kvshift_lens.analysis import run_status
 from kvshift_lens.model_config import ModelConfig
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, lr_grid_violations, run_outcomes
@@ -416,14 +416,12 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
 
     lrs = sorted(runs[PROTOCOL.lr].unique())
     core_min = float(runs["train_seconds"].sum()) / 60
-    wall = record.get("wall_seconds_this_invocation", 0.0)
     lines = [
         f"## The local-mixing family: which one-layer mixer learns induction and recall ({spec['name']})", "",
         f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). {spec['description']} "
         f"Search `{spec['search']}`: {len(runs)} runs trained of the {record['full_grid_runs']} in the full grid. "
-        f"Training compute {core_min:.1f} core-minutes (sum of per-run train seconds, 1 thread each); this invocation "
-        f"{wall / 60:.1f} min wall on {record['cpu_count']} cores (load average {record['load_average']}); "
-        f"`{paths['provenance'].name}` has the commit, grids and timings.", "",
+        f"Training compute {core_min:.1f} core-minutes (sum of per-run train seconds, 1 thread each); "
+        f"{provenance.wall_text(record)}; `{paths['provenance'].name}` has the commit, grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`): a run *succeeds* when held-out accuracy at the scored positions "
         f"reaches {PROTOCOL.threshold:.0%} (it stops there), *fails* when it plateaued below (no gain > "
         f"{PROTOCOL.plateau_gain} of its running best over the last {PROTOCOL.plateau_window:.0%} of its steps), else it "

@@ -10,8 +10,8 @@ byte, ICL scores), `runs` one row per run (final metrics, throughput, the induct
   tokens (Figs 4–7): per model size, a paired t-interval over seeds of vanilla − KV shift;
 * `find_lm_induction` — KV shift forms its induction heads in layer 0, vanilla only in layer ≥ 1, and the
   first one emerges with the ICL jump (Olsson et al.); runs where none formed are censored;
-* `find_lm_table4` — the suite's Table 4 rule (spread vs init) plus the paper's pattern: more heads on
-  the diagonal quadrants than the 1/2 of init.
+* `find_lm_table4` — the suite's Table 4 rule (spread vs init) plus the paper's pattern: training moves heads
+  onto the diagonal quadrants (paired by head against their own init).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from scipy import stats
 
 from kvshift_lens.analysis import load_heads, load_summaries
 from kvshift_lens.report.claims import Finding, find_table4, overall
-from kvshift_lens.report.stats import diff_ci, fmt_ci, fmt_p, group_mean_ci, mean_ci
+from kvshift_lens.report.stats import diff_ci, discordant_test, fmt_ci, fmt_p, group_mean_ci, mean_ci
 from kvshift_lens.report.tables import QUADRANTS, at_progress, curves_table, n_params, quadrant
 from kvshift_lens.report.verdicts import (
     ALPHA, CENSORED, FAILURE, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, effect_outcome,
@@ -291,24 +291,30 @@ def find_lm_induction(runs: pd.DataFrame, threshold: float) -> Finding:
 
 def find_lm_table4(shifts: pd.DataFrame) -> Finding:
     """The suite's Table 4 rule (`report.claims.find_table4`: the spread over the quadrants rises from init) plus,
-    per label, the paper's pattern: one-sided binomial tests of the end share on the diagonal quadrants against
-    1/2 (the init expectation); the goodness of fit to the paper's proportions is reported."""
+    per label, the paper's pattern (most heads on the diagonal quadrants) against these heads' own init: the exact
+    test on discordant heads (moved onto the diagonal vs off it); the goodness of fit to the paper is reported."""
     base = find_table4(shifts)
     numbers, parts = list(base.numbers), list(base.parts)
     paper = np.array([PAPER_TABLE4[q] for q in QUADRANTS], dtype=float)
+    head = ["run", "layer", "head"]
     for label, g in shifts.groupby("label"):
-        end = at_progress(g, "final")["quadrant"].value_counts().reindex(QUADRANTS, fill_value=0)
+        ends = at_progress(g, "final")
+        on = at_progress(g, "init").merge(ends, on=head, suffixes=("_init", "_end"))  # one row per head, paired
+        test = discordant_test(on["quadrant_end"].isin(DIAGONAL), on["quadrant_init"].isin(DIAGONAL))
+        end = ends["quadrant"].value_counts().reindex(QUADRANTS, fill_value=0)
         n, k = int(end.sum()), int(end[list(DIAGONAL)].sum())
-        p_more = stats.binomtest(k, n, 0.5, alternative="greater").pvalue if n else np.nan
-        p_less = stats.binomtest(k, n, 0.5, alternative="less").pvalue if n else np.nan
         gof = stats.chisquare(end.to_numpy(), paper / paper.sum() * n).pvalue if n else np.nan
-        numbers.append(f"**{label}** — heads on the diagonal quadrants at the end: {k}/{n} (paper 102/128 = 0.80); "
-                       f"goodness of fit to the paper's proportions {fmt_p(gof)}")
-        outcome = REPRODUCED if p_more < ALPHA else NOT_REPRODUCED if p_less < ALPHA else INCONCLUSIVE
-        parts.append((f"{label}: most heads on the diagonal quadrants, as in the paper", Verdict(
-            outcome, f"one-sided binomial tests of the end diagonal share against 1/2 at {ALPHA} (heads as units)",
-            "init (α1, β1 ~ U(0, 1): half the heads on the diagonal)",
-            [f"{k}/{n}; more: {fmt_p(p_more)}; fewer: {fmt_p(p_less)}"])))
+        numbers.append(f"**{label}** — heads on the diagonal quadrants: {test.both + test.b_only}/{len(on)} at init, "
+                       f"{k}/{n} at the end (paper 102/128 = 0.80); goodness of fit to the paper's proportions "
+                       f"{fmt_p(gof)}")
+        p_less = discordant_test(on["quadrant_init"].isin(DIAGONAL), on["quadrant_end"].isin(DIAGONAL)).p
+        outcome = REPRODUCED if test.p < ALPHA else NOT_REPRODUCED if p_less < ALPHA else INCONCLUSIVE
+        parts.append((f"{label}: training moves heads onto the diagonal quadrants, as in the paper", Verdict(
+            outcome, f"exact binomial test on the heads that changed side (onto vs off the diagonal), one-sided at "
+            f"{ALPHA}; not reproduced if significantly more left it (heads as units)",
+            "the same heads at initialisation",
+            [f"moved onto the diagonal {test.a_only}, off it {test.b_only}; onto more: {fmt_p(test.p)}; "
+             f"off more: {fmt_p(p_less)}"])))
     setup = ("Every head of every KV-shift run of the LM study, at init and at the end; quadrants from the first "
              "two taps (α1 on K_t, α2 on K_(t−1); β likewise for V). Spread: per-run quadrant entropy, runs as units.")
     return Finding(base.claim, setup, numbers, overall(parts, "each part", "the same heads at initialisation"), parts,
