@@ -271,6 +271,24 @@ def compile_probe(shape: Shape, mixer: str, rounds: int, threads: int) -> dict:
             "compiled_vs_eager": ratio(times, "compiled", "eager"), "compiled_vs_vanilla": ratio(times, "compiled", "vanilla")}
 
 
+def payback_summary(probes: dict[str, dict]) -> dict:
+    """From the "cold" and "warm" `compile_probe` results of one mixer: compile seconds (first compiled step minus
+    a compiled step), step times, and the steps after which the compile is paid back (None: not faster)."""
+    warm = probes["warm"]
+    saved = warm["eager"] - warm["compiled"]
+    seconds = {k: max(p["first_step"] - p["compiled"], 0.0) for k, p in probes.items()}
+    payback = {k: (math.ceil(v / saved) if saved > 0 else None) for k, v in seconds.items()}
+    return {
+        "compile_seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "ms_per_step": {"eager": round(1e3 * warm["eager"], 3), "compiled": round(1e3 * warm["compiled"], 3),
+                        "vanilla_eager": round(1e3 * warm["vanilla"], 3)},
+        "compiled_vs_eager": round(warm["compiled_vs_eager"], 3),
+        "compiled_vs_vanilla": round(warm["compiled_vs_vanilla"], 3),
+        "payback_steps": payback,
+        "pays_back_in_default_run": {k: v is not None and v <= DEFAULT_RUN_STEPS for k, v in payback.items()},
+    }
+
+
 def bench_compile(shape: Shape, mixers: list[str], rounds: int, threads: int, cache_dir: Path) -> dict:
     """Whether `train.compile=true` pays back, per mixer: compile seconds (first compiled step minus a compiled
     step) in a fresh process with an empty inductor cache ("cold") and in a second fresh process that finds
@@ -286,19 +304,7 @@ def bench_compile(shape: Shape, mixers: list[str], rounds: int, threads: int, ca
             if r.returncode != 0:
                 raise RuntimeError(f"compile probe of {name} failed:\n{r.stderr[-3000:]}")
             probes[kind] = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("BENCH_JSON"))[10:])
-        warm = probes["warm"]
-        saved = warm["eager"] - warm["compiled"]
-        seconds = {k: max(p["first_step"] - p["compiled"], 0.0) for k, p in probes.items()}
-        payback = {k: (math.ceil(v / saved) if saved > 0 else None) for k, v in seconds.items()}
-        out[name] = {
-            "compile_seconds": {k: round(v, 2) for k, v in seconds.items()},
-            "ms_per_step": {"eager": round(1e3 * warm["eager"], 3), "compiled": round(1e3 * warm["compiled"], 3),
-                            "vanilla_eager": round(1e3 * warm["vanilla"], 3)},
-            "compiled_vs_eager": round(warm["compiled_vs_eager"], 3),
-            "compiled_vs_vanilla": round(warm["compiled_vs_vanilla"], 3),
-            "payback_steps": payback,
-            "pays_back_in_default_run": {k: v is not None and v <= DEFAULT_RUN_STEPS for k, v in payback.items()},
-        }
+        out[name] = payback_summary(probes)
     return {"shape": shape.label, "default_run_steps": DEFAULT_RUN_STEPS, "rounds": rounds, "mixers": out,
             "note": "compile seconds = first compiled step minus a compiled step, each in a fresh process: 'cold' with "
                     "an empty inductor cache (a fresh machine), 'warm' when an earlier process compiled the same "
