@@ -300,21 +300,21 @@ def find_lm_table4(shifts: pd.DataFrame) -> Finding:
     for label, g in shifts.groupby("label"):
         ends = at_progress(g, "final")
         on = at_progress(g, "init").merge(ends, on=head, suffixes=("_init", "_end"))  # one row per head, paired
-        test = discordant_test(on["quadrant_end"].isin(DIAGONAL), on["quadrant_init"].isin(DIAGONAL))
+        on_end, on_init = on["quadrant_end"].isin(DIAGONAL), on["quadrant_init"].isin(DIAGONAL)
+        test, reverse = (discordant_test(on_end, on_init, alternative=a) for a in ("greater", "less"))
         end = ends["quadrant"].value_counts().reindex(QUADRANTS, fill_value=0)
         n, k = int(end.sum()), int(end[list(DIAGONAL)].sum())
         gof = stats.chisquare(end.to_numpy(), paper / paper.sum() * n).pvalue if n else np.nan
-        numbers.append(f"**{label}** — heads on the diagonal quadrants: {test.both + test.b_only}/{len(on)} at init, "
+        numbers.append(f"**{label}** — heads on the diagonal quadrants: {int(on_init.sum())}/{len(on)} at init, "
                        f"{k}/{n} at the end (paper 102/128 = 0.80); goodness of fit to the paper's proportions "
                        f"{fmt_p(gof)}")
-        p_less = discordant_test(on["quadrant_init"].isin(DIAGONAL), on["quadrant_end"].isin(DIAGONAL)).p
-        outcome = REPRODUCED if test.p < ALPHA else NOT_REPRODUCED if p_less < ALPHA else INCONCLUSIVE
+        outcome = REPRODUCED if test.p < ALPHA else NOT_REPRODUCED if reverse.p < ALPHA else INCONCLUSIVE
         parts.append((f"{label}: training moves heads onto the diagonal quadrants, as in the paper", Verdict(
             outcome, f"exact binomial test on the heads that changed side (onto vs off the diagonal), one-sided at "
             f"{ALPHA}; not reproduced if significantly more left it (heads as units)",
             "the same heads at initialisation",
             [f"moved onto the diagonal {test.a_only}, off it {test.b_only}; onto more: {fmt_p(test.p)}; "
-             f"off more: {fmt_p(p_less)}"])))
+             f"off more: {fmt_p(reverse.p)}"])))
     setup = ("Every head of every KV-shift run of the LM study, at init and at the end; quadrants from the first "
              "two taps (α1 on K_t, α2 on K_(t−1); β likewise for V). Spread: per-run quadrant entropy, runs as units.")
     return Finding(base.claim, setup, numbers, overall(parts, "each part", "the same heads at initialisation"), parts,
