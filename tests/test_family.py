@@ -169,6 +169,24 @@ def test_families_judge_learning_at_the_frontier_and_failure_at_the_widest_width
     assert grid.loc["kv_shift", 8] == "2/3" and grid.loc["vanilla 1L", 8] == ""
 
 
+def test_mechanism_summary_averages_path_fractions_only_over_heads_that_attend_the_target():
+    # per run its most target-attending head; a head that misses the target has a ~0 logit margin, so its
+    # fractions (e.g. 14.8) say nothing and must not move the mean
+    heads = pd.DataFrame([
+        {"task": "mqar", "arm": "kv_shift", "run": "a", "mechanism": "mixer-mediated", "target_attention": 0.9,
+         "prev_key_fraction": 1.0, "own_value_fraction": 0.9, "induction_score": 0.2},
+        {"task": "mqar", "arm": "kv_shift", "run": "b", "mechanism": "none", "target_attention": 0.05,
+         "prev_key_fraction": 14.8, "own_value_fraction": -1.7, "induction_score": 0.0},
+        {"task": "mqar", "arm": "canon", "run": "c", "mechanism": "none", "target_attention": 0.1,
+         "prev_key_fraction": 3.0, "own_value_fraction": 0.2, "induction_score": 0.0},
+    ])
+    s = F.mechanism_summary(heads).set_index("arm")
+    assert s.loc["kv_shift", "mechanisms"] == "mixer-mediated 1/2, none 1/2"
+    assert s.loc["kv_shift", "target_attention"] == pytest.approx(0.475)  # over every analysed run
+    assert s.loc["kv_shift", ["prev_key_fraction", "own_value_fraction"]].tolist() == pytest.approx([1.0, 0.9])
+    assert s.loc["canon", ["prev_key_fraction", "own_value_fraction"]].isna().all()
+
+
 def test_arm_labels_name_the_mixer_its_sides_and_depth():
     assert [F.arm_label("none", "", "1"), F.arm_label("none", "", "2"), F.arm_label("kv_shift", "v", "1"),
             F.arm_label("canon", "", "1")] == ["vanilla 1L", "vanilla 2L", "kv_shift[v]", "canon"]

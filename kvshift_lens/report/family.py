@@ -352,7 +352,9 @@ ARM_ORDER = ["kv_shift", "smeared_key", "primer_dconv", "canon", "token_shift", 
 
 def mechanism_summary(heads: pd.DataFrame) -> pd.DataFrame:
     """Per (task, arm): analysed solving runs, how many have each mechanism (their most target-attending head),
-    and mean target attention, prev_key_fraction, own_value_fraction and standard induction score of that head."""
+    and that head's mean target attention and standard induction score over all of them, and its mean
+    prev_key_fraction and own_value_fraction over the runs whose head attends the target (mechanism not "none"):
+    the fractions divide by the target's logit margin, meaningless where the target is not attended."""
     cols = ["task", "arm", "analysed", "mechanisms", "target_attention", "prev_key_fraction", "own_value_fraction",
             "induction_score"]
     if heads.empty:
@@ -363,7 +365,9 @@ def mechanism_summary(heads: pd.DataFrame) -> pd.DataFrame:
         counts = g["mechanism"].value_counts()
         rows.append({"task": task, "arm": arm, "analysed": len(g),
                      "mechanisms": ", ".join(f"{m} {n}/{len(g)}" for m, n in counts.items()),
-                     **{c: float(g[c].mean()) for c in cols[4:]}})
+                     **{c: float(g[c].mean()) for c in ("target_attention", "induction_score")},
+                     **{c: float(g.loc[g["mechanism"] != "none", c].mean()) for c in ("prev_key_fraction",
+                                                                                        "own_value_fraction")}})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -437,7 +441,9 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         "occurrence (the induction pattern; for MQAR the stored value of the queried key), for stacked MQAR the "
         "pair token holding the key. `prev-key frac` is the share of that key's logit margin carried by earlier "
         "tokens mixed into the key, `own-value frac` the share of the answer logit from the attended token's own "
-        "value; *mixer-mediated* = attended (≥ 0.3) with both ≥ 0.5, *direct* = attended with prev-key < 0.5. "
+        "value (both averaged over the runs whose head attends the target: they divide by its logit margin); "
+        "*mixer-mediated* = attended (≥ 0.3) with both ≥ 0.5, *direct* = attended with prev-key < 0.5, *none* = the "
+        "target is not attended (≥ 0.3; docs/family.md describes one way to solve MQAR without attending it). "
         "`induction score [BOS] r r` is the unchanged detector (TL/ARENA) on repeated random tokens.", "",
         *protocol_checks(cell_table), "",
         "### Verdicts", "",
