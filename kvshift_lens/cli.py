@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
@@ -149,10 +148,17 @@ def drop_if_empty(run_dir: Path, root: Optional[Path] = None) -> None:
         parent.rmdir()
 
 
-def sweep_failures(sweep_dir: Path, since: float = 0.0) -> list[tuple[Path, str]]:
-    """(run dir, error) of every run under `sweep_dir` whose failure was recorded at or after `since`."""
-    slack = 2.0  # coarse file-system timestamps
-    found = [p for p in Path(sweep_dir).rglob(ERROR_FILE) if p.stat().st_mtime >= since - slack]
+def error_files(sweep_dir: Path) -> dict[Path, int]:
+    """Every recorded failure under `sweep_dir`: error file -> modification time in ns."""
+    return {p: p.stat().st_mtime_ns for p in Path(sweep_dir).rglob(ERROR_FILE)}
+
+
+def sweep_failures(sweep_dir: Path, before: Optional[dict[Path, int]] = None) -> list[tuple[Path, str]]:
+    """(run dir, error) of every run under `sweep_dir` whose failure was recorded after the snapshot `before`
+    (`error_files` when the sweep started; None: every failure): new error files and rewritten ones. Compared
+    file by file, not against a clock, so an old failure written just before the sweep started is not reported."""
+    before = before or {}
+    found = [p for p, mtime in error_files(sweep_dir).items() if before.get(p) != mtime]
     return [(p.parent, read_failure(p.parent) or "") for p in sorted(found)]
 
 
@@ -160,13 +166,13 @@ class SweepFailureReport(Callback):
     """After a multirun: `<run dir>: <error>` on stderr for each job that failed, then exit status 1."""
 
     def __init__(self) -> None:
-        self.started = 0.0
+        self.before: dict[Path, int] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
+        self.before = error_files(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = sweep_failures(Path(config.hydra.sweep.dir), since=self.started)
+        failed = sweep_failures(Path(config.hydra.sweep.dir), self.before)
         for run_dir, error in failed:
             print(f"{run_dir}: {error}", file=sys.stderr)
         if failed:

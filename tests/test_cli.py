@@ -184,3 +184,16 @@ def test_detect_quotes_the_run_directory_for_hydra(tmp_path):
     assert path_overrides(["runs/it's"]) == ["run_dir='runs/it\\'s'"]  # no "=": a path, existing or not
     assert path_overrides(["--cfg", "job", "runs/a"]) == ["--cfg", "job", "run_dir='runs/a'"]
     assert path_overrides(["seed=1"]) == ["seed=1"]
+
+
+def test_a_sweep_reports_failures_written_after_its_snapshot_however_close_in_time(tmp_path):
+    from kvshift_lens.cli import error_files, record_failure, sweep_failures
+
+    old, new = tmp_path / "a", tmp_path / "b"
+    record_failure(old, "old failure")
+    before = error_files(tmp_path)  # taken at once: no clock slack can mistake the old failure for a new one
+    assert sweep_failures(tmp_path, before) == []
+    record_failure(new, "new failure")
+    os.utime(old / "error.txt", ns=(1, 1))  # rewritten by this sweep (same run failing again)
+    assert [(p.name, e) for p, e in sweep_failures(tmp_path, before)] == [("a", "old failure"), ("b", "new failure")]
+    assert len(sweep_failures(tmp_path)) == 2  # no snapshot: every recorded failure
