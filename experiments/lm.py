@@ -13,7 +13,6 @@ the profile's jobs: tidy CSVs, figures, a provenance JSON and the markdown secti
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,7 +27,7 @@ import pandas as pd  # noqa: E402
 from kvshift_lens import provenance, sweeps  # noqa: E402
 from kvshift_lens.emergence import EMERGENCE_THRESHOLD  # noqa: E402
 from kvshift_lens.report import lm  # noqa: E402
-from kvshift_lens.report.markdown import finding_section, splice_section  # noqa: E402
+from kvshift_lens.report.markdown import finding_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"cpu": ("lm", "local_parallel", ("anchor", "llama_2l", "attn_only_2l")),
@@ -100,29 +99,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     experiment, launcher, grids = PROFILES[args.profile]
-    launcher = args.launcher or launcher
+    launcher, n_jobs = sweeps.study_launcher(args, launcher)
     only = list(args.only) if args.only is not None else list(grids)
-    n_jobs = args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
     spec = sweeps.experiment_spec(experiment)
     sweeps.expand_jobs(spec, only=only)  # unknown grid names stop here, before any training
     out_dir = args.out_dir.resolve()
     sweep_dir = out_dir / "sweeps" / spec["name"]
     t0 = time.perf_counter()
     if not args.skip_train:
-        cmd = sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only)
-        print("$", " ".join(cmd[1:]), flush=True)
-        try:
-            sweeps.run_sweep(cmd, sweep_dir, out_dir / "logs" / f"{spec['name']}.log")
-        except RuntimeError as e:  # failed jobs are recorded in their run directories; the others are reported
-            print(f"error: {e}", file=sys.stderr)
-    command = "python -m experiments.lm" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
-    record = provenance.record(command, profile=args.profile, launcher=launcher, n_jobs=n_jobs, grids=only,
-                               wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),
-                               sweep_history=sweeps.sweep_history(sweep_dir))
-    paths = write_outputs(sweep_dir, args.results_dir, spec, record)
-    splice_section(args.results_dir / "REPORT.md", "lm", paths["md"].read_text())
-    print("\n".join(f"wrote {p}" for p in paths.values()))
-
+        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only), sweep_dir,
+                           out_dir / "logs" / f"{spec['name']}.log")
+    sweeps.finish_study("experiments.lm", args, "lm", sweep_dir, t0,
+                        lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
+                        launcher=launcher, n_jobs=n_jobs, grids=only)
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from kvshift_lens import provenance, sweeps  # noqa: E402
 from kvshift_lens.report import family  # noqa: E402
-from kvshift_lens.report.markdown import splice_section  # noqa: E402
 from kvshift_lens.report.plots import plot_family  # noqa: E402
 from kvshift_lens.report.search import plan_round  # noqa: E402
 
@@ -89,22 +88,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     experiment, launcher = PROFILES[args.profile]
-    launcher = args.launcher or launcher
-    n_jobs = args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
+    launcher, n_jobs = sweeps.study_launcher(args, launcher)
     spec = sweeps.experiment_spec(experiment)
     jobs = family.job_frame(spec)
     out_dir = args.out_dir.resolve()
     sweep_dir = out_dir / "sweeps" / spec["name"]
     t0 = time.perf_counter()
     rounds = 0 if args.skip_train else train_rounds(spec, jobs, sweep_dir, out_dir, launcher, n_jobs)
-    command = "python -m experiments.mixers" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
-    record = provenance.record(command, profile=args.profile, launcher=launcher, n_jobs=n_jobs,
-                               rounds_this_invocation=rounds, wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),
-                               sweep_history=sweeps.sweep_history(sweep_dir))
-    paths = write_outputs(sweep_dir, args.results_dir, spec, jobs, record)
-    splice_section(args.results_dir / "REPORT.md", spec["name"], paths["md"].read_text())
-    print("\n".join(f"wrote {p}" for p in paths.values()))
-
+    sweeps.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,
+                        lambda record: write_outputs(sweep_dir, args.results_dir, spec, jobs, record),
+                        launcher=launcher, n_jobs=n_jobs, rounds_this_invocation=rounds)
 
 if __name__ == "__main__":
     main()

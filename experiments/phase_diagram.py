@@ -16,7 +16,6 @@ markdown section with the verdicts (also spliced into results/REPORT.md).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,7 +30,7 @@ import pandas as pd  # noqa: E402
 from kvshift_lens import provenance, sweeps  # noqa: E402
 from kvshift_lens.analysis import load_runs, run_status  # noqa: E402
 from kvshift_lens.report import phase, plots  # noqa: E402
-from kvshift_lens.report.markdown import md_table, splice_section  # noqa: E402
+from kvshift_lens.report.markdown import md_table  # noqa: E402
 from kvshift_lens.report.protocol import lr_grid_violations  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,27 +156,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     experiment, launcher = PROFILES[args.profile]
-    launcher = args.launcher or launcher
-    n_jobs = args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
+    launcher, n_jobs = sweeps.study_launcher(args, launcher)
     spec = sweeps.experiment_spec(experiment)
     sweeps.expand_jobs(spec, only=args.only)  # unknown grid names stop here, before any training
-    sweep_dir = args.out_dir.resolve() / "sweeps" / spec["name"]
+    out_dir = args.out_dir.resolve()
+    sweep_dir = out_dir / "sweeps" / spec["name"]
     t0 = time.perf_counter()
     if not args.skip_train:
-        cmd = sweeps.sweep_command(experiment, args.out_dir.resolve(), launcher, n_jobs, only=args.only)
-        print("$", " ".join(cmd[1:]), flush=True)
-        try:
-            sweeps.run_sweep(cmd, sweep_dir, args.out_dir.resolve() / "logs" / f"{spec['name']}.log")
-        except RuntimeError as e:  # failed jobs are recorded in their run directories; the others are drawn
-            print(f"error: {e}", file=sys.stderr)
-    command = "python -m experiments.phase_diagram" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
-    record = provenance.record(command, profile=args.profile, launcher=launcher, n_jobs=n_jobs,
-                               wall_seconds_this_invocation=round(time.perf_counter() - t0, 1),
-                               sweep_history=sweeps.sweep_history(sweep_dir))
-    paths = write_outputs(sweep_dir, args.results_dir, spec, record)
-    splice_section(args.results_dir / "REPORT.md", "phase_diagram", paths["md"].read_text())
-    print("\n".join(f"wrote {p}" for p in paths.values()))
-
+        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=args.only), sweep_dir,
+                           out_dir / "logs" / f"{spec['name']}.log")
+    sweeps.finish_study("experiments.phase_diagram", args, "phase_diagram", sweep_dir, t0,
+                        lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
+                        launcher=launcher, n_jobs=n_jobs)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -40,6 +40,40 @@ def study_parser(description: str, profiles: Sequence[str], out_dir: Path) -> ar
     parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers)")
     parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
     return parser
+
+
+def study_launcher(args: argparse.Namespace, default: str) -> tuple[str, Optional[int]]:
+    """The launcher and parallel jobs of a study invocation: the command line's, else the profile's launcher,
+    with 2 jobs when it is local_parallel (the 2-core machine)."""
+    launcher = args.launcher or default
+    return launcher, args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
+
+
+def train_study(cmd: Sequence[str], sweep_dir: Path, log: Path) -> None:
+    """One study multirun (`sweep_command`), echoed. A failed or diverged job is recorded in its run directory and
+    the failure reported in one line; the study goes on to its outputs from the runs that finished."""
+    print("$", " ".join(cmd[1:]), flush=True)
+    try:
+        run_sweep(cmd, sweep_dir, log)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+
+
+def finish_study(module: str, args: argparse.Namespace, section: str, sweep_dir: Path, started: float,
+                 write_outputs: Callable[[dict], Mapping[str, Path]], **fields) -> None:
+    """The end of every study command: the provenance record of this invocation (`fields`, its wall time since
+    `started` and the sweep history), the outputs `write_outputs(record)` returns (with the section's "md"),
+    that section spliced into results/REPORT.md, and the files written."""
+    from kvshift_lens import provenance
+    from kvshift_lens.report.markdown import splice_section
+
+    command = f"python -m {module}" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
+    record = provenance.record(command, profile=args.profile, **fields,
+                               wall_seconds_this_invocation=round(time.perf_counter() - started, 1),
+                               sweep_history=sweep_history(sweep_dir))
+    paths = write_outputs(record)
+    splice_section(args.results_dir / "REPORT.md", section, paths["md"].read_text())
+    print("\n".join(f"wrote {p}" for p in paths.values()))
 
 
 def experiment_spec(name: str) -> dict:
