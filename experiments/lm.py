@@ -113,5 +113,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
                         launcher=launcher, n_jobs=n_jobs, grids=only)
 
+
 if __name__ == "__main__":
     main()

@@ -14,7 +14,6 @@ profile's `search`: bisect or grid); re-running resumes, finished runs are never
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,11 +49,8 @@ def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str
         rounds, last = rounds + 1, set(plan.index)
         print(f"[mixers] round {rounds}: {len(plan)} runs ({len(runs)} finished of {len(jobs)} in the full grid)", flush=True)
         selection = sweeps.write_selection(sweep_dir / "rounds" / f"round_{len(runs):05d}.yaml", list(plan["job"]))
-        try:
-            sweeps.run_sweep(sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection),
-                             sweep_dir, log)
-        except RuntimeError as e:  # diverged or failed jobs are recorded in their run directories; the rest go on
-            print(f"[mixers] {e}", file=sys.stderr, flush=True)
+        sweeps.train_study(sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection),
+                           sweep_dir, log)
 
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict) -> dict[str, Path]:
@@ -98,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sweeps.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, jobs, record),
                         launcher=launcher, n_jobs=n_jobs, rounds_this_invocation=rounds)
+
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
+from kvshift_lens import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"
 HISTORY = "sweep_history.jsonl"  # one line per sweep invocation, kept in the sweep directory
@@ -64,8 +66,7 @@ def finish_study(module: str, args: argparse.Namespace, section: str, sweep_dir:
     """The end of every study command: the provenance record of this invocation (`fields`, its wall time since
     `started` and the sweep history), the outputs `write_outputs(record)` returns (with the section's "md"),
     that section spliced into results/REPORT.md, and the files written."""
-    from kvshift_lens import provenance
-    from kvshift_lens.report.markdown import splice_section
+    from kvshift_lens.report.markdown import splice_section  # not at import: the sweeper plugin loads this module
 
     command = f"python -m {module}" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
     record = provenance.record(command, profile=args.profile, **fields,

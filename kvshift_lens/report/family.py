@@ -442,8 +442,8 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         "pair token holding the key. `prev-key frac` is the share of that key's logit margin carried by earlier "
         "tokens mixed into the key, `own-value frac` the share of the answer logit from the attended token's own "
         "value (both averaged over the runs whose head attends the target: they divide by its logit margin); "
-        "*mixer-mediated* = attended (≥ 0.3) with both ≥ 0.5, *direct* = attended with prev-key < 0.5, *none* = the "
-        "target is not attended (≥ 0.3; docs/family.md describes one way to solve MQAR without attending it). "
+        "*mixer-mediated* = attended (≥ 0.3) with both ≥ 0.5, *direct* = attended with prev-key < 0.5, *none* = target "
+        "attention below 0.3 (docs/family.md describes one way to solve MQAR without attending the target). "
         "`induction score [BOS] r r` is the unchanged detector (TL/ARENA) on repeated random tokens.", "",
         *protocol_checks(cell_table), "",
         "### Verdicts", "",
