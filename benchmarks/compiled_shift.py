@@ -14,10 +14,10 @@ import types
 import torch
 
 from benchmarks.run import Shape, interleaved, make_step, model_config, ratio
-from kvshift_lens.mixers import shift
-from kvshift_lens.mixers.kv_shift import KVShift
-from kvshift_lens.models import build_module
-from kvshift_lens.tasks import make_task, task_config
+from kvshift_lens.models.mixers.base import shift
+from kvshift_lens.models.mixers.kv_shift import KVShift
+from kvshift_lens.models.transformer import build_module
+from kvshift_lens.data.tasks.base import make_task, task_config
 
 
 def _mix(x: torch.Tensor, c: torch.Tensor, window: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kvshift_lens.models import shift
+from kvshift_lens.models.mixers.base import shift
 
 
 def vanilla(x, wk, bk, wv, bv, ck, cv, h):

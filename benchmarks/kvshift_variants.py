@@ -3,7 +3,7 @@
 `python -m benchmarks.kvshift_variants` — checks every variant against the plain formula of Eq. 5
 (values and gradients) and prints median ms and the ratio to it, for the K/V tensor shapes of the
 benchmark shapes. `lag_mix` (exact and fused multiply-add) is what every mixer runs now
-(`kvshift_lens.mixers.base.lag_mix`; KV shift uses `exact=True`).
+(`kvshift_lens.models.mixers.base.lag_mix`; KV shift uses `exact=True`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kvshift_lens.mixers import lag_mix, shift
+from kvshift_lens.models.mixers.base import lag_mix, shift
 
 
 def current(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # the plain formula (KVShift before lag_mix)

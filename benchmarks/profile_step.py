@@ -12,8 +12,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.run import RefModel, Shape, make_step, model_config
-from kvshift_lens.models import build_module
-from kvshift_lens.tasks import make_task, task_config
+from kvshift_lens.models.transformer import build_module
+from kvshift_lens.data.tasks.base import make_task, task_config
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import RefModel
-from kvshift_lens import sweeps
-from kvshift_lens.provenance import git_commit, git_dirty, load_average
+from kvshift_lens.training import sweeps
+from kvshift_lens.training.provenance import git_commit, git_dirty, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {  # the speed targets (ratios on the 2-core CPU)
@@ -86,10 +86,12 @@ def make_step(model: torch.nn.Module, tokens: torch.Tensor) -> Callable[[], None
 
 
 def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
-    """The body of `kvshift_lens.train.train`'s loop (sampling, batch_loss, clip, constrain, .item())."""
-    from kvshift_lens.models import ModelConfig, build_module, constrain_
-    from kvshift_lens.tasks import make_task, task_config
-    from kvshift_lens.train import TrainConfig, _to, batch_loss, lr_at, make_optimizer
+    """The body of `kvshift_lens.training.trainer.train`'s loop (sampling, batch_loss, clip, constrain, .item())."""
+    from kvshift_lens.models.config import ModelConfig
+    from kvshift_lens.models.transformer import build_module, constrain_
+    from kvshift_lens.data.tasks.base import make_task, task_config
+    from kvshift_lens.training.train_config import TrainConfig
+    from kvshift_lens.training.trainer import _to, batch_loss, lr_at, make_optimizer
 
     model = build_module(model_config(shape, "kvshift")).to(device).train()
     cfg = TrainConfig(batch_size=shape.batch)
@@ -115,7 +117,7 @@ def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
 
 
 def model_config(shape: Shape, arch: str):
-    from kvshift_lens.models import ModelConfig
+    from kvshift_lens.models.config import ModelConfig
 
     return ModelConfig(mixer="kv_shift" if arch == "kvshift" else "none", n_layers=shape.n_layers,
                        d_model=shape.d_model, n_heads=shape.n_heads,
@@ -149,8 +151,8 @@ def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 
 def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: bool, warmup: int = 3) -> dict:
-    from kvshift_lens.models import build_model, build_module
-    from kvshift_lens.tasks import make_task, task_config
+    from kvshift_lens.models.transformer import build_model, build_module
+    from kvshift_lens.data.tasks.base import make_task, task_config
 
     torch.manual_seed(0)
     task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
@@ -205,7 +207,7 @@ DEFAULT_RUN_STEPS = 3000  # conf/train/default.yaml: the run length a compile mu
 
 def mixer_model_config(shape: Shape, mixer: str):
     """The bare model of `shape` with `mixer` at its default options ("none" = vanilla)."""
-    from kvshift_lens.models import ModelConfig
+    from kvshift_lens.models.config import ModelConfig
 
     return ModelConfig(mixer=mixer, n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads,
                        d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0)
@@ -213,7 +215,7 @@ def mixer_model_config(shape: Shape, mixer: str):
 
 def shape_tokens(shape: Shape, device: torch.device) -> torch.Tensor:
     """One induction batch of the shape (the same tokens for every variant)."""
-    from kvshift_lens.tasks import make_task, task_config
+    from kvshift_lens.data.tasks.base import make_task, task_config
 
     task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
     return task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
@@ -228,8 +230,8 @@ def samples_per_round(step: Callable[[], None], device: torch.device) -> int:
 def bench_mixers(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:
     """Training-step time of vanilla and every registered mixer (default options), interleaved in one
     process: `mixer_vs_vanilla` maps mixer -> median per-round ratio to vanilla."""
-    from kvshift_lens.mixers import MIXERS
-    from kvshift_lens.models import build_module
+    from kvshift_lens.models.mixers.base import MIXERS
+    from kvshift_lens.models.transformer import build_module
 
     tokens = shape_tokens(shape, device)
     variants = {name: make_step(build_module(mixer_model_config(shape, name)).to(device).train(), tokens)
@@ -252,7 +254,7 @@ print("BENCH_JSON" + json.dumps(compile_probe(Shape(**json.loads(sys.argv[1])), 
 def compile_probe(shape: Shape, mixer: str, rounds: int, threads: int) -> dict:
     """In this process: the first `torch.compile`d training step (compile included) and, interleaved, the eager,
     compiled and eager-vanilla steps (seconds). Run by `bench_compile` in fresh processes."""
-    from kvshift_lens.models import build_module
+    from kvshift_lens.models.transformer import build_module
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -340,10 +342,11 @@ def mixers_markdown(res: dict) -> list[str]:
 def bench_lm(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:
     """Issue 14: our vanilla LM (LayerNorm, GELU MLP, learned positions) vs the plain-SDPA reference with
     the same MLPs, one training step each on Shakespeare character windows; and the window sampler
-    (`kvshift_lens.tasks.text.random_windows`) against what one vanilla step consumes."""
-    from kvshift_lens.models import ModelConfig, build_module
-    from kvshift_lens.tasks.text import random_windows
-    from kvshift_lens.tokenization import tokenized_corpus
+    (`kvshift_lens.data.tasks.text.random_windows`) against what one vanilla step consumes."""
+    from kvshift_lens.models.config import ModelConfig
+    from kvshift_lens.models.transformer import build_module
+    from kvshift_lens.data.tasks.text import random_windows
+    from kvshift_lens.data.text_tokenizers import tokenized_corpus
 
     data = tokenized_corpus("shakespeare", "char")
     stream, vocab, d_mlp = torch.from_numpy(data.train), data.vocab_size, 4 * shape.d_model
@@ -381,8 +384,8 @@ def peak_rss_mb():  # VmHWM: this process's own peak; ru_maxrss would include th
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
-from kvshift_lens.config import compose
-from kvshift_lens.train import train
+from kvshift_lens.training.run_config import compose
+from kvshift_lens.training.trainer import train
 run = compose(json.loads(sys.argv[1]))
 summary = train(run.model, run.task, run.train, sys.argv[2], progress=False)
 print("BENCH_JSON" + json.dumps({
@@ -401,8 +404,8 @@ def bench_training_run(overrides: list[str], tmp: Path, in_process: bool = False
     if in_process:
         import resource
 
-        from kvshift_lens.config import compose
-        from kvshift_lens.train import train
+        from kvshift_lens.training.run_config import compose
+        from kvshift_lens.training.trainer import train
 
         t0 = time.perf_counter()
         run = compose(overrides)
@@ -456,7 +459,7 @@ def bench_sweep(overrides: list[str], reps: int, tmp: Path) -> dict:
 def import_seconds() -> dict:
     """Cold-ish import cost of what a sweep worker loads (a fresh interpreter each time)."""
     out = {}
-    for mod in ("torch", "transformer_lens", "kvshift_lens.train"):
+    for mod in ("torch", "transformer_lens", "kvshift_lens.training.trainer"):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=ROOT, check=True, capture_output=True)
         out[mod] = round(time.perf_counter() - t0, 2)

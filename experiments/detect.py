@@ -13,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from kvshift_lens.cli import fail, hydra_entry
+from kvshift_lens.training.cli import fail, hydra_entry
 
 TAKES_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
 
@@ -35,8 +35,8 @@ def path_overrides(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="detect")
 def main(cfg: DictConfig) -> None:
-    from kvshift_lens.config import DetectConfig, validated
-    from kvshift_lens.schema import ConfigError
+    from kvshift_lens.training.run_config import DetectConfig, validated
+    from kvshift_lens.core.errors import ConfigError
 
     try:
         run = validated(DetectConfig, cfg)
@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
         fail(str(e))
     import torch  # only now: a bad value costs no torch import
 
-    from kvshift_lens.emergence import analyze
+    from kvshift_lens.analysis.run_detection import analyze
 
     torch.set_num_threads(run.threads)
     try:
@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> None:
         fail(str(e))
     for run_dir, s in results.items():
         keys = ("induction_heads", "induction_mechanisms", "first_induction_head", "induction_layers", "emergence_step",
-                "phase_change_step", "icl_jump_step")  # text runs report layers and the ICL jump (kvshift_lens.lm)
+                "phase_change_step", "icl_jump_step")  # text runs report layers and the ICL jump (kvshift_lens.analysis.lm_heads)
         print(f"{run_dir}: " + " ".join(f"{k}={s[k]}" for k in keys if k in s))
 
 

@@ -24,9 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens import provenance, sweeps  # noqa: E402
-from kvshift_lens.emergence import EMERGENCE_THRESHOLD  # noqa: E402
-from kvshift_lens.report import lm  # noqa: E402
+from kvshift_lens.report import markdown  # noqa: E402
+from kvshift_lens.training import provenance, sweeps  # noqa: E402
+from kvshift_lens.analysis.emergence import EMERGENCE_THRESHOLD  # noqa: E402
+from kvshift_lens.report import lm_claims as lm  # noqa: E402
 from kvshift_lens.report.markdown import finding_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not args.skip_train:
         sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
-    sweeps.finish_study("experiments.lm", args, "lm", sweep_dir, t0,
+    markdown.finish_study("experiments.lm", args, "lm", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
                         launcher=launcher, n_jobs=n_jobs, grids=only)
 

@@ -24,9 +24,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kvshift_lens import provenance, sweeps  # noqa: E402
+from kvshift_lens.report import markdown  # noqa: E402
+from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.report import family  # noqa: E402
-from kvshift_lens.report.plots import plot_family  # noqa: E402
+from kvshift_lens.report.figures import plot_family  # noqa: E402
 from kvshift_lens.report.search import plan_round  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     sweep_dir = out_dir / "sweeps" / spec["name"]
     t0 = time.perf_counter()
     rounds = 0 if args.skip_train else train_rounds(spec, jobs, sweep_dir, out_dir, launcher, n_jobs)
-    sweeps.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,
+    markdown.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, jobs, record),
                         launcher=launcher, n_jobs=n_jobs, rounds_this_invocation=rounds)
 

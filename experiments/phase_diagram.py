@@ -27,9 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens import provenance, sweeps  # noqa: E402
-from kvshift_lens.analysis import load_runs, run_status  # noqa: E402
-from kvshift_lens.report import phase, plots  # noqa: E402
+from kvshift_lens.report import markdown  # noqa: E402
+from kvshift_lens.training import provenance, sweeps  # noqa: E402
+from kvshift_lens.training.runs import load_runs, run_status  # noqa: E402
+from kvshift_lens.report import phase, figures as plots  # noqa: E402
 from kvshift_lens.report.markdown import md_table  # noqa: E402
 from kvshift_lens.report.protocol import lr_grid_violations  # noqa: E402
 
@@ -165,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not args.skip_train:
         sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=args.only), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
-    sweeps.finish_study("experiments.phase_diagram", args, "phase_diagram", sweep_dir, t0,
+    markdown.finish_study("experiments.phase_diagram", args, "phase_diagram", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
                         launcher=launcher, n_jobs=n_jobs)
 

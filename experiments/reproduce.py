@@ -28,9 +28,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from experiments import theory  # noqa: E402
-from kvshift_lens import provenance, sweeps  # noqa: E402
+from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.report import claims as C  # noqa: E402
-from kvshift_lens.report import plots as P  # noqa: E402
+from kvshift_lens.report import figures as P  # noqa: E402
 from kvshift_lens.report import tables as T  # noqa: E402
 from kvshift_lens.report.markdown import finding_section, splice_section, spliced_sections  # noqa: E402
 
@@ -101,7 +101,7 @@ def _shifts(run_dirs: tuple[Path, ...], root: Path) -> pd.DataFrame:
 @lru_cache(maxsize=1)
 def _basins() -> pd.DataFrame:
     """theorem3_basins for Eq. 10 and the App. E script (coarse grid to stay quick)."""
-    from kvshift_lens.theory import theorem3_basins, theorem3_loss, theorem3_loss_script
+    from kvshift_lens.analysis.theory import theorem3_basins, theorem3_loss, theorem3_loss_script
 
     return pd.concat([theorem3_basins(loss=loss, n=21, steps=500) for loss in (theorem3_loss, theorem3_loss_script)],
                      ignore_index=True)

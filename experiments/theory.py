@@ -22,9 +22,9 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens import provenance  # noqa: E402
+from kvshift_lens.training import provenance  # noqa: E402
 from kvshift_lens.report.markdown import splice_section  # noqa: E402
-from kvshift_lens.theory import plot_theorem1_error, theorem1_error, theorem1_table, theorem2_gaps  # noqa: E402
+from kvshift_lens.analysis.theory import plot_theorem1_error, theorem1_error, theorem1_table, theorem2_gaps  # noqa: E402
 
 SETTINGS = {"d": 8, "m": 0.25, "sigma": 1.0, "n_ctx": 32, "batch": 16, "seed": 0}  # as in docs/theory.md
 FIT_RANGE = (4, 14)  # p range of the log-linear fit (below: 1/(1 − e^{−p}) matters; above: float64 noise floor)

@@ -24,7 +24,7 @@ if not OmegaConf.has_resolver("path_safe"):  # run directories (conf/train.yaml)
 def _text_vocab(corpus: str, tokenizer: str, vocab_size: int) -> int:
     """conf/task/text.yaml's `${text_vocab:...}`, registered here (importing torch only when resolved) because
     hydra's launchers reset every job's resolvers to the launcher process's set."""
-    from kvshift_lens.tasks.text import text_vocab
+    from kvshift_lens.data.tasks.text import text_vocab
 
     return text_vocab(str(corpus), str(tokenizer), int(vocab_size))
 
@@ -36,7 +36,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:  # Hydra finds our sweeper plugin (hydra_plugins/, beside conf/) on sys.path
     sys.path.append(ROOT)
 
-from kvshift_lens.cli import guard_job, hydra_entry  # noqa: E402  (torch-free)
+from kvshift_lens.training.cli import guard_job, hydra_entry  # noqa: E402  (torch-free)
 
 
 def launcher_threads() -> int:
@@ -54,13 +54,13 @@ def launcher_threads() -> int:
 
 def train_run(cfg: DictConfig, run_dir: Path) -> float:
     """Validate every value, then train (and optionally detect) one run; returns its final accuracy."""
-    from kvshift_lens.config import run_config
+    from kvshift_lens.training.run_config import run_config
 
     run = run_config(cfg)
     # Imported only now: a bad value costs no transformer_lens import, and a sweep's launcher process
     # never pays for them.
-    from kvshift_lens.emergence import analyze_run
-    from kvshift_lens.train import train
+    from kvshift_lens.analysis.run_detection import analyze_run
+    from kvshift_lens.training.trainer import train
 
     if run.train.threads == 0:
         run.train.threads = launcher_threads()

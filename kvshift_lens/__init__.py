@@ -1,33 +1,56 @@
 """kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
 models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-The names below load lazily, so `kvshift_lens.model_config`, `kvshift_lens.mixers`,
-`kvshift_lens.tasks` and `kvshift_lens.sweeps` (used by the hydra sweeper in a launcher process) import
-without transformer_lens, and `kvshift_lens.schema`, `kvshift_lens.cli` (the command line's plumbing)
-without torch.
+The package follows the data (docs/architecture.md); imports run one way, upward never:
+`report` -> `analysis` -> `training` -> `models` | `data` -> `core`.
+
+The names below load lazily, so light modules (`kvshift_lens.models.config`, the sweeper's
+`kvshift_lens.training.sweeps`) import without transformer_lens. The flat layout's module paths
+(`kvshift_lens.detect`, ...) still import, with a DeprecationWarning naming the new one (`legacy`).
 """
 
 from __future__ import annotations
 
-import importlib
+import sys
+import types
 from typing import Any
 
+from kvshift_lens import legacy
+from kvshift_lens.core.lazy import lazy_namespace
+
 _EXPORTS = {
-    "ConfigError": "kvshift_lens.errors",
-    "ModelConfig": "kvshift_lens.model_config",
-    "attach_tokenizer": "kvshift_lens.tokenizer",
-    "build_model": "kvshift_lens.models",
-    "build_module": "kvshift_lens.models",
-    "load_model": "kvshift_lens.checkpoints",
-    "mixer_coefficients": "kvshift_lens.models",
-    "save_model": "kvshift_lens.checkpoints",
-    "shift_coefficients": "kvshift_lens.models",
-    "to_bridge": "kvshift_lens.models",
+    "ConfigError": "kvshift_lens.core.errors",
+    "ModelConfig": "kvshift_lens.models.config",
+    "attach_tokenizer": "kvshift_lens.models.transformer",
+    "build_model": "kvshift_lens.models.transformer",
+    "build_module": "kvshift_lens.models.transformer",
+    "to_bridge": "kvshift_lens.models.transformer",
+    "mixer_coefficients": "kvshift_lens.models.coefficients",
+    "shift_coefficients": "kvshift_lens.models.coefficients",
+    "load_model": "kvshift_lens.models.checkpoints",
+    "save_model": "kvshift_lens.models.checkpoints",
+    "make_task": "kvshift_lens.data.tasks",
+    "task_config": "kvshift_lens.data.tasks",
+    "TrainConfig": "kvshift_lens.training.train_config",
+    "compose": "kvshift_lens.training.run_config",
+    "load_runs": "kvshift_lens.training.runs",
+    "load_summaries": "kvshift_lens.training.runs",
+    "load_heads": "kvshift_lens.training.runs",
+    "head_scores": "kvshift_lens.analysis.head_detectors",
 }
 __all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, globals(), _EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'kvshift_lens' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+class _Package(types.ModuleType):
+    """Keeps the exported function `train` when the old module path `kvshift_lens.train` is imported
+    (the import system would otherwise set the package attribute to that module)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+legacy.install()

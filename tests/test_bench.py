@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kvshift_lens.mixers import MIXERS
+from kvshift_lens.models.mixers.base import MIXERS
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"step_ratio_vs_sdpa", "kvshift_vs_vanilla", "sweep_speedup_2_workers", "datagen_vs_consumption",

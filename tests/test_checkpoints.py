@@ -6,10 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kvshift_lens.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, state_sha256, write_safetensors
-from kvshift_lens.models import ModelConfig, bare_state_dict, build_module, load_model, save_model
-from kvshift_lens.tasks import task_config
-from kvshift_lens.train import TrainConfig, train
+from kvshift_lens.models.checkpoints import CHECKPOINT_FORMAT, read_checkpoint, state_sha256, write_safetensors
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import bare_state_dict, build_module
+from kvshift_lens.models.checkpoints import load_model, save_model
+from kvshift_lens.data.tasks.base import task_config
+from kvshift_lens.training.train_config import TrainConfig
+from kvshift_lens.training.trainer import train
 
 CFG = ModelConfig(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=16, n_ctx=16, seed=0)
 

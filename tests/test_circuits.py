@@ -7,13 +7,13 @@ import pytest
 import torch
 from test_detect import distinct_repeat, force_patterns, induction_pattern, previous_pattern, theorem2_model
 
-from kvshift_lens.circuits import (
-    classify_heads, composition_baseline, logit_terms, output_terms, path_fractions, scored_induction_targets,
-    target_heads,
+from kvshift_lens.analysis.circuits import (
+    classify_heads, composition_baseline, logit_terms, output_terms, path_fractions, scored_induction_targets, target_heads,
 )
-from kvshift_lens.detect import repeated_tokens
-from kvshift_lens.models import ModelConfig, build_model, build_module, to_bridge
-from kvshift_lens.tasks import make_task, task_config
+from kvshift_lens.analysis.head_detectors import repeated_tokens
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_model, build_module, to_bridge
+from kvshift_lens.data.tasks.base import make_task, task_config
 
 CONFIGS = {
     "learned-kv": dict(),

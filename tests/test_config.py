@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from kvshift_lens.config import CONF_DIR, compose
-from kvshift_lens.sweeps import experiment_spec
-from kvshift_lens.errors import ConfigError
-from kvshift_lens.mixers import MIXERS
-from kvshift_lens.tasks import TASKS
+from kvshift_lens.training.run_config import CONF_DIR, compose
+from kvshift_lens.training.sweeps import experiment_spec
+from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.models.mixers.base import MIXERS
+from kvshift_lens.data.tasks.base import TASKS
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "base")
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -68,8 +68,8 @@ def test_every_experiment_sweep_point_composes(experiment):
 def test_run_config_columns_flatten_the_mixer_and_derive_arch_for_new_and_legacy_runs(tmp_path):
     import json
 
-    from kvshift_lens.analysis import load_runs
-    from kvshift_lens.model_config import ModelConfig
+    from kvshift_lens.training.runs import load_runs
+    from kvshift_lens.models.config import ModelConfig
 
     legacy_model = {"arch": "kvshift", "shift": "k", "shift_param": "gate", "shift_window": 2, "n_layers": 1, "seed": 3}
     configs = {

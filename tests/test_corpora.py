@@ -1,4 +1,4 @@
-"""Real-text corpora (kvshift_lens.corpora) and their tokenizers (kvshift_lens.tokenization)."""
+"""Real-text corpora (kvshift_lens.data.corpora) and their tokenizers (kvshift_lens.data.text_tokenizers)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,12 @@ import random
 import numpy as np
 import pytest
 
-from kvshift_lens import corpora, tokenization
-from kvshift_lens.corpora import (
-    SHAKESPEARE_VALIDATION,
-    Corpus,
-    CorpusError,
-    Document,
-    held_out_module,
-    load_corpus,
-    python_stdlib_modules,
-    strip_play,
+from kvshift_lens.data import corpora, text_tokenizers as tokenization
+from kvshift_lens.data.corpora import (
+    SHAKESPEARE_VALIDATION, Corpus, CorpusError, Document, held_out_module, load_corpus, python_stdlib_modules, strip_play,
 )
-from kvshift_lens.tokenization import (
-    EOT,
-    TokenizerError,
-    build_tokenizer,
-    byte_tokenizer,
-    char_tokenizer,
-    encode_documents,
-    token_bytes,
-    tokenized_corpus,
-    train_bpe,
+from kvshift_lens.data.text_tokenizers import (
+    EOT, TokenizerError, build_tokenizer, byte_tokenizer, char_tokenizer, encode_documents, token_bytes, tokenized_corpus, train_bpe,
 )
 
 

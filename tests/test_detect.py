@@ -5,13 +5,11 @@ import math
 import pytest
 import torch
 
-from kvshift_lens.detect import (
-    BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_boost_share, copying_score, duplicate_token_score,
-    head_scores,
-    induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens,
-    scored_mask, tl_detector_scores,
+from kvshift_lens.analysis.head_detectors import (
+    BOS, METRICS, ablate_heads, ablation_drop, attention_patterns, copying_boost_share, copying_score, duplicate_token_score, head_scores, induction_score, prefix_matching, previous_token_score, repeat_period, repeated_tokens, scored_mask, tl_detector_scores,
 )
-from kvshift_lens.models import ModelConfig, build_model, build_module, to_bridge
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_model, build_module, to_bridge
 
 
 def causal_uniform(batch: int, seq: int) -> torch.Tensor:
@@ -261,7 +259,7 @@ def test_random_heads_score_about_zero():
 
 def test_copying_score_needs_no_vocab_sized_eigendecomposition():
     model, _ = low_rank_copier(d_vocab=64, d_model=32, n_heads=2)
-    from kvshift_lens.detect import _direct_ov
+    from kvshift_lens.analysis.head_detectors import _direct_ov
     left, right = _direct_ov(model, 0)
     full = torch.linalg.eigvals((left @ right).double())  # [head, vocab]: rank d_head, the rest ≈ 0
     torch.testing.assert_close(full.sum(-1).real / full.abs().sum(-1), copying_score(model)[0].double(), atol=1e-3,

@@ -14,12 +14,15 @@ from matplotlib.figure import Figure
 from experiments.detect import main as detect_main
 from experiments.train import main as train_main
 from kvshift_lens import load_model, shift_coefficients
-from kvshift_lens.analysis import load_heads
-from kvshift_lens.emergence import (CHEAP_METRICS, HEADS_COLUMNS, analyze_run, detect_run, emergence_step,
-                                    phase_change_step, run_checkpoints)
-from kvshift_lens.models import ModelConfig
-from kvshift_lens.tasks import task_config
-from kvshift_lens.train import TrainConfig, train
+from kvshift_lens.training.runs import load_heads
+from kvshift_lens.analysis.emergence import (
+    CHEAP_METRICS, HEADS_COLUMNS, detect_run, emergence_step, phase_change_step, run_checkpoints,
+)
+from kvshift_lens.analysis.run_detection import analyze_run
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.data.tasks.base import task_config
+from kvshift_lens.training.train_config import TrainConfig
+from kvshift_lens.training.trainer import train
 
 matplotlib.use("Agg")
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -146,7 +149,7 @@ def test_training_with_detect_true_writes_heads_csv(tmp_path, monkeypatch):
 
 
 def test_plots_return_figures(runs):
-    from kvshift_lens import plots
+    from kvshift_lens.analysis import attention_plots as plots
 
     heads = load_heads(runs)
     final = heads[(heads["run"] == "kvshift") & (heads["step"] == heads["step"].max())]

@@ -11,17 +11,21 @@ from typing import Literal
 import pytest
 import torch
 
-from kvshift_lens.circuits import classify_heads
-from kvshift_lens.config import CONF_DIR, compose
-from kvshift_lens.detect import head_scores
-from kvshift_lens.emergence import run_checkpoints
-from kvshift_lens.mixers import MIXERS, LagMixer, MixerOptions, register_mixer
-from kvshift_lens.errors import ConfigError
-from kvshift_lens.model_config import ModelConfig
-from kvshift_lens.models import build_module, load_model, mixer_coefficients
-from kvshift_lens.tasks import TASKS, Batch, Task, TaskConfig, make_task, register_task
-from kvshift_lens.tasks.base import N_SPECIAL, check, with_bos
-from kvshift_lens.train import TrainConfig, train
+from kvshift_lens.analysis.circuits import classify_heads
+from kvshift_lens.training.run_config import CONF_DIR, compose
+from kvshift_lens.analysis.head_detectors import head_scores
+from kvshift_lens.analysis.emergence import run_checkpoints
+from kvshift_lens.models.mixers.base import MIXERS, LagMixer, MixerOptions, register_mixer
+from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_module
+from kvshift_lens.models.checkpoints import load_model
+from kvshift_lens.models.coefficients import mixer_coefficients
+from kvshift_lens.data.tasks.base import TASKS, Batch, Task, TaskConfig, make_task, register_task
+from kvshift_lens.core.vocab import N_SPECIAL
+from kvshift_lens.data.tasks.base import check, with_bos
+from kvshift_lens.training.train_config import TrainConfig
+from kvshift_lens.training.trainer import train
 
 
 class EchoKey(LagMixer):

@@ -1,9 +1,9 @@
-"""Olsson et al.'s ICL score and our band variant (kvshift_lens.icl) on losses whose answer is known."""
+"""Olsson et al.'s ICL score and our band variant (kvshift_lens.data.icl) on losses whose answer is known."""
 
 import pytest
 import torch
 
-from kvshift_lens.icl import icl_band_from_token_losses, icl_from_token_losses, icl_positions, token_losses
+from kvshift_lens.data.icl import icl_band_from_token_losses, icl_from_token_losses, icl_positions, token_losses
 
 
 def test_icl_positions_are_olssons_50th_and_500th_tokens_rescaled_to_the_context():

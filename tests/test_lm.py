@@ -1,4 +1,4 @@
-"""Language-model analysis (kvshift_lens.lm) and the text-task data path (kvshift_lens.text_task)."""
+"""Language-model analysis (kvshift_lens.analysis.lm_heads) and the text-task data path (kvshift_lens.text_task)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from kvshift_lens.corpora import CorpusError
-from kvshift_lens.icl import icl_positions, token_losses
-from kvshift_lens.lm import (
-    LM_METRICS, Probe, copy_targets, head_emergence, icl_jump_step, lm_head_scores, random_repeats,
-    run_induction_summary, text_induction_score, text_repeats,
+from kvshift_lens.data.corpora import CorpusError
+from kvshift_lens.data.icl import icl_positions, token_losses
+from kvshift_lens.analysis.lm_heads import (
+    LM_METRICS, Probe, copy_targets, head_emergence, icl_jump_step, lm_head_scores, random_repeats, run_induction_summary, text_induction_score, text_repeats,
 )
-from kvshift_lens.models import ModelConfig, build_model
-from kvshift_lens.tasks.text import eval_windows, lm_metrics, random_windows
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_model
+from kvshift_lens.data.tasks.text import eval_windows, lm_metrics, random_windows
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,11 @@ def test_token_losses_feed_lm_metrics_on_a_real_model():
 
 
 def test_tiny_lm_run_beats_the_unigram_baseline_and_logs_lm_metrics_at_every_checkpoint(tmp_path, text_cache):
-    from kvshift_lens.model_config import ModelConfig as Config
-    from kvshift_lens.tasks import make_task
-    from kvshift_lens.tasks.text import TextConfig, unigram_cross_entropy
-    from kvshift_lens.train import TrainConfig, checkpoint_steps, train
+    from kvshift_lens.models.config import ModelConfig as Config
+    from kvshift_lens.data.tasks.base import make_task
+    from kvshift_lens.data.tasks.text import TextConfig, unigram_cross_entropy
+    from kvshift_lens.training.train_config import TrainConfig
+    from kvshift_lens.training.trainer import checkpoint_steps, train
 
     task_cfg = TextConfig(seq_len=64, cache_dir=text_cache)
     model_cfg = Config(mixer="none", n_layers=1, d_model=32, n_heads=2, d_vocab=task_cfg.d_vocab, n_ctx=64,
@@ -152,22 +153,22 @@ def test_tiny_lm_run_beats_the_unigram_baseline_and_logs_lm_metrics_at_every_che
     assert set(checkpoint_steps(120, 4)) <= set(metrics.step)  # evaluated where the detectors will run
     assert summary["train_tokens"] == 120 * 16 * 64 and summary["tokens_per_second"] > 0
     assert summary["final_eval_bpb"] == pytest.approx(metrics.eval_bpb.iloc[-1])
-    from kvshift_lens.emergence import analyze_run
+    from kvshift_lens.analysis.run_detection import analyze_run
 
     s = analyze_run(tmp_path / "run", batch_size=4)  # text runs get the LM detectors on every checkpoint
     heads = pd.read_csv(tmp_path / "run" / "heads.csv")
     assert set(heads.step) == set(checkpoint_steps(120, 4)) and set(LM_METRICS) <= set(heads.metric)
     assert {"first_induction_head", "induction_layers", "icl_jump_step", "icl_jump_with_emergence"} <= set(s)
-    from kvshift_lens.models import load_model
+    from kvshift_lens.models.checkpoints import load_model
 
     model = load_model(tmp_path / "run" / "checkpoints" / "step_0000120.safetensors")  # carries the char tokenizer
     assert model.to_str_tokens("ROMEO:") == ["<|endoftext|>", "R", "O", "M", "E", "O", ":"]
 
 
 def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path, monkeypatch, text_cache):
-    from kvshift_lens import train as trainer
-    from kvshift_lens.model_config import ModelConfig as Config
-    from kvshift_lens.tasks.text import TextConfig
+    from kvshift_lens.training import trainer
+    from kvshift_lens.models.config import ModelConfig as Config
+    from kvshift_lens.data.tasks.text import TextConfig
 
     task_cfg = TextConfig(seq_len=32, cache_dir=text_cache)
     model_cfg = Config(mixer="kv_shift", n_layers=1, d_model=16, n_heads=2, d_vocab=task_cfg.d_vocab, n_ctx=32)
@@ -197,16 +198,16 @@ def test_a_killed_text_run_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_pa
     ({"seq_len": 2}, "task.seq_len=2"),
 ])
 def test_impossible_text_configs_name_the_field(overrides, field):
-    from kvshift_lens.errors import ConfigError
-    from kvshift_lens.tasks import task_config
+    from kvshift_lens.core.errors import ConfigError
+    from kvshift_lens.data.tasks.base import task_config
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         task_config("text", **overrides)
 
 
 def test_text_configs_compose_with_the_tokenizer_vocabulary_and_bad_names_fail_in_one_line():
-    from kvshift_lens.config import compose
-    from kvshift_lens.errors import ConfigError
+    from kvshift_lens.training.run_config import compose
+    from kvshift_lens.core.errors import ConfigError
 
     run = compose(["model=vanilla_lm", "task=text", "train=lm", "task.tokenizer=bpe", "task.vocab_size=512"])
     assert run.model.d_vocab == run.task.d_vocab == 512 and run.model.n_ctx == run.task.seq_len == 256

@@ -1,4 +1,4 @@
-"""Every verdict rule of the language-model study driven to each outcome it can return (kvshift_lens.report.lm)."""
+"""Every verdict rule of the language-model study driven to each outcome it can return (kvshift_lens.report.lm_claims)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvshift_lens.report.lm import find_lm_gap, find_lm_induction, find_lm_table4
+from kvshift_lens.report.lm_claims import find_lm_gap, find_lm_induction, find_lm_table4
 from kvshift_lens.report.tables import QUADRANTS
 from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
 

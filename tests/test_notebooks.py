@@ -25,7 +25,7 @@ def test_notebook_executes_top_to_bottom_in_the_venv(path):
 
 def test_importing_the_library_leaves_the_matplotlib_backend_alone():
     # a notebook's inline backend must survive importing any kvshift_lens module
-    # (e.g. kvshift_lens.report.plots); otherwise plots would never render
+    # (e.g. kvshift_lens.report.figures); otherwise plots would never render
     code = ("import importlib, pkgutil, matplotlib, kvshift_lens; matplotlib.use('svg');"
             "[importlib.import_module(m.name) for m in pkgutil.iter_modules(kvshift_lens.__path__, 'kvshift_lens.')];"
             "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")

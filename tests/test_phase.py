@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvshift_lens import sweeps
-from kvshift_lens.report import phase, plots
+from kvshift_lens.training import sweeps
+from kvshift_lens.report import phase, figures as plots
 from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from experiments import reproduce
-from kvshift_lens import sweeps
+from kvshift_lens.training import sweeps
 from kvshift_lens.report.markdown import splice_section
 
 TINY_FIGURES = ["fig1a_depth", "fig2_landscape", "table4_alpha_beta", "fig1b_width"]

@@ -7,7 +7,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from kvshift_lens.schema import ConfigError, build
+from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.core.schema import build
 
 
 @dataclass
@@ -82,14 +83,14 @@ def test_a_required_field_that_is_missing_is_named():
 
 
 def test_validation_plumbing_imports_no_torch():
-    code = ("import sys, kvshift_lens.schema, kvshift_lens.train_config, kvshift_lens.cli;"
+    code = ("import sys, kvshift_lens.core.schema, kvshift_lens.training.train_config, kvshift_lens.training.cli;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 def test_composing_and_validating_a_run_config_imports_no_transformer_lens():
-    code = ("import sys; from kvshift_lens.config import compose;"
+    code = ("import sys; from kvshift_lens.training.run_config import compose;"
             "compose(['model/mixer=canon', 'task=mqar', 'train.steps=10', 'train.warmup=1', 'train.eval_every=5']);"
             "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

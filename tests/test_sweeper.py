@@ -58,7 +58,7 @@ def fake_run(root, name: str, overrides: list[str]) -> None:
 
 
 def test_a_study_reads_exactly_the_runs_of_its_jobs_wherever_they_were_written(tmp_path):
-    from kvshift_lens.sweeps import runs_of_jobs
+    from kvshift_lens.training.sweeps import runs_of_jobs
 
     fake_run(tmp_path, "a", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "out_dir=/elsewhere"])
     fake_run(tmp_path, "b", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "train.steps=5"])  # extra key
@@ -69,7 +69,7 @@ def test_a_study_reads_exactly_the_runs_of_its_jobs_wherever_they_were_written(t
 
 
 def test_expanded_jobs_use_the_sweepers_value_formatting():
-    from kvshift_lens.sweeps import expand_jobs
+    from kvshift_lens.training.sweeps import expand_jobs
 
     spec = {"experiment": "x", "params": {"seed": "0,1"}, "grids": {"g": {"train.lr": "1e-3,1e-2"}}}
     jobs = expand_jobs(spec, ["out_dir=/tmp/r"])
@@ -77,7 +77,7 @@ def test_expanded_jobs_use_the_sweepers_value_formatting():
 
 
 def test_select_runs_only_the_listed_jobs_in_grid_order_and_rejects_strangers(tmp_path):
-    from kvshift_lens.sweeps import write_selection
+    from kvshift_lens.training.sweeps import write_selection
 
     path = write_selection(tmp_path / "round.yaml", [["d=2", "arch=k", "seed=9"], ["arch=v", "d=4", "seed=0"]])
     sweeper = grid_union_sweeper.GridUnionSweeper(max_batch_size=None, params={"seed": "0"}, grids=GRIDS, select=str(path))
@@ -95,7 +95,9 @@ def test_a_selection_of_expanded_jobs_launches_exactly_those_runs(tmp_path):
     import subprocess
     import sys
 
-    from kvshift_lens.sweeps import ROOT, expand_jobs, experiment_spec, runs_of_jobs, sweep_command, write_selection
+    from kvshift_lens.training.sweeps import (
+        ROOT, expand_jobs, experiment_spec, runs_of_jobs, sweep_command, write_selection,
+    )
 
     spec = experiment_spec("phase_diagram_tiny")
     out = tmp_path / "runs"

@@ -1,4 +1,4 @@
-"""Behaviour of the synthetic task generators in kvshift_lens.tasks."""
+"""Behaviour of the synthetic task generators in kvshift_lens.data.tasks."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from kvshift_lens.errors import ConfigError
-from kvshift_lens.tasks import BOS, N_SPECIAL, NO_ANSWER, PAD, TASKS, TaskConfig, make_task, previous_occurrence, task_config
-from kvshift_lens.tasks.base import random_subsets, upgrade_legacy, walk
-from kvshift_lens.tasks.hop_k import hop_k, hop_k_reference
-from kvshift_lens.tasks.induction import _induction_layout
-from kvshift_lens.tasks.mqar import power_law_gaps
+from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.core.vocab import BOS, N_SPECIAL, NO_ANSWER, PAD
+from kvshift_lens.data.tasks.base import TASKS, TaskConfig, make_task, previous_occurrence, task_config
+from kvshift_lens.data.tasks.base import random_subsets, upgrade_legacy, walk
+from kvshift_lens.data.tasks.hop_k import hop_k, hop_k_reference
+from kvshift_lens.data.tasks.induction import _induction_layout
+from kvshift_lens.data.tasks.mqar import power_law_gaps
 
 SHAPES = [(5, 16), (6, 16), (33, 64), (64, 64), (64, 8000)]  # (seq_len, d_vocab): odd/even, tiny, paper vocab
 BOS_TASKS = ("induction", "repeated_tokens", "ngram", "hop_k")  # the tasks on the shared BOS/PAD/NO_ANSWER layout
@@ -283,7 +284,7 @@ def test_unknown_task_name_error_lists_the_valid_names():
 def test_task_configs_import_without_transformer_lens():
     import subprocess
     import sys
-    code = "import sys, kvshift_lens.tasks, kvshift_lens.model_config; assert 'transformer_lens' not in sys.modules"
+    code = "import sys, kvshift_lens.data.tasks, kvshift_lens.models.config; assert 'transformer_lens' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 

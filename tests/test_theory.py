@@ -1,4 +1,4 @@
-"""Theorems 1-3 of Xu et al. (arXiv 2411.19574) as checked by kvshift_lens.theory (`pytest -k theorem`)."""
+"""Theorems 1-3 of Xu et al. (arXiv 2411.19574) as checked by kvshift_lens.analysis.theory (`pytest -k theorem`)."""
 
 import math
 
@@ -12,23 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kvshift_lens.models import attention_layers, model_config, shift_coefficients
-from kvshift_lens.theory import (
-    attention_output,
-    induction_head_operator,
-    plot_theorem1_error,
-    plot_theorem3_landscape,
-    theorem1_bound,
-    theorem1_error,
-    theorem1_model,
-    theorem1_table,
-    theorem2_gaps,
-    theorem2_model,
-    theorem3_basins,
-    theorem3_descent,
-    theorem3_gradient,
-    theorem3_loss,
-    theorem3_loss_script,
+from kvshift_lens.models.transformer import attention_layers, model_config
+from kvshift_lens.models.coefficients import shift_coefficients
+from kvshift_lens.analysis.theory import (
+    attention_output, induction_head_operator, plot_theorem1_error, plot_theorem3_landscape, theorem1_bound, theorem1_error, theorem1_model, theorem1_table, theorem2_gaps, theorem2_model, theorem3_basins, theorem3_descent, theorem3_gradient, theorem3_loss, theorem3_loss_script,
 )
 
 

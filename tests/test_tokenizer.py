@@ -5,12 +5,17 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformer_lens.head_detector import detect_head
 
-from kvshift_lens.checkpoints import read_checkpoint
-from kvshift_lens.detect import attention_patterns, tl_detector_scores
-from kvshift_lens.models import ModelConfig, build_model, build_module, load_model, save_model
-from kvshift_lens.tasks import BOS, NO_ANSWER, PAD, make_task, task_config
-from kvshift_lens.tokenizer import attach_tokenizer, content_word, token_names
-from kvshift_lens.train import TrainConfig, train
+from kvshift_lens.models.checkpoints import read_checkpoint
+from kvshift_lens.analysis.head_detectors import attention_patterns, tl_detector_scores
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_model, build_module
+from kvshift_lens.models.checkpoints import load_model, save_model
+from kvshift_lens.core.vocab import BOS, NO_ANSWER, PAD
+from kvshift_lens.data.tasks.base import make_task, task_config
+from kvshift_lens.models.transformer import attach_tokenizer
+from kvshift_lens.models.vocab_tokenizer import content_word, token_names
+from kvshift_lens.training.train_config import TrainConfig
+from kvshift_lens.training.trainer import train
 
 TINY = ModelConfig(mixer="kv_shift", d_model=16, n_heads=2, d_vocab=16, n_ctx=16)
 

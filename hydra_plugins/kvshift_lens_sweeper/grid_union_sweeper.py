@@ -6,7 +6,7 @@ sub-grid, each paying the launcher's worker start-up and an idle tail. This swee
 grids, expands each like the basic sweeper (`params` are shared by all grids, a grid's own entry
 wins over them and the command line over both; a grid's keys vary slowest, shared params fastest),
 drops duplicate jobs, and hands the whole list to the launcher at once (the expansion is
-`kvshift_lens.sweeps.grid_jobs`, which studies also use to find their own runs):
+`kvshift_lens.training.sweeps.grid_jobs`, which studies also use to find their own runs):
 
     hydra:
       sweeper:
@@ -21,7 +21,7 @@ drops duplicate jobs, and hands the whole list to the launcher at once (the expa
 
 Jobs run in grid order, so put the grids whose results matter most first. `select` is how a study
 that decides its next runs from the finished ones (`kvshift_lens.report.search`) launches one round:
-the file holds a subset of the expanded jobs (`kvshift_lens.sweeps.write_selection`); a listed job
+the file holds a subset of the expanded jobs (`kvshift_lens.training.sweeps.write_selection`); a listed job
 that is not one of them is an error.
 """
 
@@ -34,7 +34,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 
-from kvshift_lens.sweeps import grid_jobs, select_jobs
+from kvshift_lens.training.sweeps import grid_jobs, select_jobs
 
 
 @dataclass

@@ -9,6 +9,6 @@
 * `report.phase`    — the depth × width × length phase diagram on top of the protocol;
 * `report.markdown` — REPORT.md sections and tables.
 
-Helpers shared with other producers of results live beside it: `kvshift_lens.provenance` and
-`kvshift_lens.sweeps`.
+Helpers shared with other producers of results live beside it: `kvshift_lens.training.provenance` and
+`kvshift_lens.training.sweeps`.
 """

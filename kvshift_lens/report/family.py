@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from kvshift_lens import provenance, sweeps
-from kvshift_lens.analysis import run_status
-from kvshift_lens.model_config import ModelConfig
+from kvshift_lens.training import provenance, sweeps
+from kvshift_lens.training.runs import run_status
+from kvshift_lens.models.config import ModelConfig
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, lr_grid_violations, run_outcomes
 from kvshift_lens.report.search import monotonicity_violations, searched_frontier
 from kvshift_lens.report.verdicts import (
@@ -94,7 +94,7 @@ def finished_curves(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
 
 @lru_cache(maxsize=None)
 def _reach(model_json: str) -> tuple[int, int]:
-    from kvshift_lens.models import mixer_reach
+    from kvshift_lens.models.coefficients import mixer_reach
 
     reach = mixer_reach(ModelConfig.from_dict(json.loads(model_json)))
     return reach["k"], reach["v"]
@@ -316,11 +316,11 @@ def analyse_run(run_dir: Path, batch_size: int = HEAD_BATCH, seed: int = 0) -> p
         return pd.read_csv(cached)
     import torch
 
-    from kvshift_lens.circuits import target_heads
-    from kvshift_lens.detect import head_scores
-    from kvshift_lens.emergence import run_checkpoints
-    from kvshift_lens.models import load_model
-    from kvshift_lens.tasks import make_task
+    from kvshift_lens.analysis.circuits import target_heads
+    from kvshift_lens.analysis.head_detectors import head_scores
+    from kvshift_lens.analysis.emergence import run_checkpoints
+    from kvshift_lens.models.checkpoints import load_model
+    from kvshift_lens.data.tasks.base import make_task
 
     steps = run_checkpoints(run_dir)
     model = load_model(steps[max(steps)])

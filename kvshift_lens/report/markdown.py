@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+import time
 from pathlib import Path
+from typing import Callable, Mapping
 
 import pandas as pd
 
 from kvshift_lens.report.claims import Finding
+from kvshift_lens.training import provenance, sweeps
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -51,3 +55,17 @@ def splice_section(report: Path, name: str, text: str) -> None:
     else:
         body = body.rstrip("\n") + ("\n\n" if body else "") + block + "\n"
     report.write_text(body)
+
+
+def finish_study(module: str, args: argparse.Namespace, section: str, sweep_dir: Path, started: float,
+                 write_outputs: Callable[[dict], Mapping[str, Path]], **fields) -> None:
+    """The end of every study command: the provenance record of this invocation (`fields`, its wall time since
+    `started` and the sweep history), the outputs `write_outputs(record)` returns (with the section's "md"),
+    that section spliced into results/REPORT.md, and the files written."""
+    command = f"python -m {module}" + ("" if args.profile == "cpu" else f" --profile {args.profile}")
+    record = provenance.record(command, profile=args.profile, **fields,
+                               wall_seconds_this_invocation=round(time.perf_counter() - started, 1),
+                               sweep_history=sweeps.sweep_history(sweep_dir))
+    paths = write_outputs(record)
+    splice_section(args.results_dir / "REPORT.md", section, paths["md"].read_text())
+    print("\n".join(f"wrote {p}" for p in paths.values()))

@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kvshift_lens.model_config import ModelConfig
-from kvshift_lens.models import build_module
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_module
 from kvshift_lens.report.protocol import (
     FOUND, GROWS, SHRINKS, UNDETERMINED, FLAT, Protocol, cell_results, cell_status, frontier, frontier_trend,
     run_outcomes,

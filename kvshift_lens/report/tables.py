@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kvshift_lens.analysis import load_runs, run_status
-from kvshift_lens.checkpoints import load_model
-from kvshift_lens.model_config import ModelConfig
-from kvshift_lens.models import build_module, shift_coefficients
-from kvshift_lens.tasks import make_task
-from kvshift_lens.tasks.base import upgrade_legacy
+from kvshift_lens.training.runs import load_runs, run_status
+from kvshift_lens.models.checkpoints import load_model
+from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.transformer import build_module
+from kvshift_lens.models.coefficients import shift_coefficients
+from kvshift_lens.data.tasks.base import make_task
+from kvshift_lens.data.tasks.base import upgrade_legacy
 
 CURVE_COLUMNS = ["run", "seed", "label", "step", "induction_acc", "eval_loss", "train_loss", "train_seconds"]
 QUADRANTS = ("α1>α2, β1>β2", "α1>α2, β1<β2", "α1<α2, β1>β2", "α1<α2, β1<β2")

@@ -1,0 +1,185 @@
+"""Plumbing shared by the hydra entry points: one-line errors, failed jobs recorded in their run
+directory, and one line per failed job at the end of a sweep, whatever the launcher.
+
+A job never lets an exception (or `SystemExit`) reach the launcher during a sweep: it writes
+`error.txt` and a `status` into its summary.json and returns, so every other job runs. The
+`SweepFailureReport` callback (conf/train.yaml) then prints `<run dir>: <error>` for each job that
+failed in this sweep and exits with status 1. Pure Python: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kvshift_lens.core.errors import ConfigError, TrainingDiverged
+
+ERROR_FILE = "error.txt"  # first line: the one-line error; then the traceback of an unexpected exception
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"
+GROUPS = ("model", "task", "train")
+T = TypeVar("T")
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Print `error: <message>` (one line per line of `message`) and exit with `status`."""
+    for line in message.splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(status)
+
+
+def hydra_entry(main: Callable[[], Any]) -> None:
+    """Call a `@hydra.main` function; Hydra's own errors (unknown preset, override grammar, unknown key)
+    become one line and exit status 2. `HYDRA_FULL_ERROR=1` keeps Hydra's tracebacks."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then re-raises instead of printing a multi-line report
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # jobs never raise: these are Hydra's
+        fail(hydra_error_line(e))
+
+
+def hydra_error_line(e: BaseException) -> str:
+    """One line for a Hydra composition or override error."""
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
+        return f"{cause.full_key} is not a config field: check its spelling (`--cfg job` prints the config)"
+    lines = []
+    for line in str(e).splitlines():
+        if line.startswith(("Config search path", "Available options")):
+            break
+        if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
+            lines.append(line.strip())
+    message = " ".join(lines) or type(e).__name__
+    if isinstance(e, OmegaConfBaseException) and e.full_key:
+        message += f" (resolving {e.full_key})"
+    if isinstance(e, MissingConfigException) and e.options:
+        message += f"; available: {', '.join(e.options)}"
+    return message
+
+
+def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sweep: bool = False,
+              root: Optional[Path] = None) -> Optional[T]:
+    """Run one job's `work` in `run_dir` so that a failure costs nothing else.
+
+    On an exception: one `error: ...` line on stderr and, in a sweep, `error.txt` + summary status in
+    `run_dir`, then return None (the launcher sees a finished job). Outside a sweep, a `ConfigError` leaves
+    no run directory behind (nor empty parents below `root`) and exits 2; any other failure is recorded
+    in `run_dir` and exits 1.
+    """
+    clear_failure(run_dir)
+    try:
+        return work()
+    except Exception as e:  # noqa: BLE001  (a job records every failure; KeyboardInterrupt still stops)
+        expected = isinstance(e, (ValueError, OSError))  # ConfigError, divergence, missing/corrupt files
+        text = str(e).strip() or type(e).__name__
+        message = text.splitlines()[0] if expected else f"{type(e).__name__}: {text.splitlines()[0]}"
+        if not in_sweep and isinstance(e, ConfigError):
+            drop_if_empty(run_dir, root)
+            fail(text)
+        detail = "" if expected else traceback.format_exc()
+        record_failure(run_dir, message, detail, config, "diverged" if isinstance(e, TrainingDiverged) else "failed")
+        where = "" if expected else f" (traceback in {run_dir / ERROR_FILE})"
+        print(f"error: {message}{where}", file=sys.stderr)
+        if not in_sweep:
+            sys.exit(1)
+        return None
+
+
+def record_failure(run_dir: Path, message: str, detail: str = "", config: Any = None, status: str = "failed") -> None:
+    """Write `error.txt` and set summary.json's `status` and `error` (keeping its other keys); add config.json
+    from the raw config if the run never got to write one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ERROR_FILE).write_text(message + "\n" + detail)
+    path = run_dir / SUMMARY_FILE
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(status=status, error=message)
+    _write_json(path, summary)
+    if config is not None and not (run_dir / CONFIG_FILE).exists():
+        _write_json(run_dir / CONFIG_FILE, raw_groups(config))
+
+
+def clear_failure(run_dir: Path) -> None:
+    """Forget an earlier attempt's failure (a re-run that succeeds must not look failed)."""
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
+def read_failure(run_dir: Path) -> Optional[str]:
+    """The one-line error of a failed run, or None."""
+    path = Path(run_dir, ERROR_FILE)
+    return path.read_text().splitlines()[0] if path.exists() else None
+
+
+def raw_groups(config: Any) -> dict:
+    """The model/task/train groups of a config as given (interpolations resolved where they resolve)."""
+    if not isinstance(config, DictConfig):
+        return {g: dict(config.get(g, {})) for g in GROUPS}
+    try:
+        data = OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException:
+        data = OmegaConf.to_container(config, resolve=False)
+    return {g: data.get(g) for g in GROUPS if isinstance(data.get(g), dict)}
+
+
+def drop_if_empty(run_dir: Path, root: Optional[Path] = None) -> None:
+    """Remove a run directory holding only what Hydra wrote before the job ran, and its empty parents
+    strictly below `root`."""
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    if root is None:
+        return
+    root = root.resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == root or root not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def error_files(sweep_dir: Path) -> dict[Path, int]:
+    """Every recorded failure under `sweep_dir`: error file -> modification time in ns."""
+    return {p: p.stat().st_mtime_ns for p in Path(sweep_dir).rglob(ERROR_FILE)}
+
+
+def sweep_failures(sweep_dir: Path, before: Optional[dict[Path, int]] = None) -> list[tuple[Path, str]]:
+    """(run dir, error) of every run under `sweep_dir` whose failure was recorded after the snapshot `before`
+    (`error_files` when the sweep started; None: every failure): new error files and rewritten ones. Compared
+    file by file, not against a clock, so an old failure written just before the sweep started is not reported."""
+    before = before or {}
+    found = [p for p, mtime in error_files(sweep_dir).items() if before.get(p) != mtime]
+    return [(p.parent, read_failure(p.parent) or "") for p in sorted(found)]
+
+
+class SweepFailureReport(Callback):
+    """After a multirun: `<run dir>: <error>` on stderr for each job that failed, then exit status 1."""
+
+    def __init__(self) -> None:
+        self.before: dict[Path, int] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.before = error_files(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = sweep_failures(Path(config.hydra.sweep.dir), self.before)
+        for run_dir, error in failed:
+            print(f"{run_dir}: {error}", file=sys.stderr)
+        if failed:
+            sys.exit(1)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,56 @@
+"""The trainer's rolling resume state (`resume.pt`): written atomically with the sha256 of its contents,
+read back with one clear error for a corrupt or foreign file, and matched against the run it claims to be
+(configs written before the mixer/task registries included), so a rerun continues exactly where it stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from kvshift_lens.data.tasks import task_config
+from kvshift_lens.data.tasks.base import upgrade_legacy as upgrade_task
+from kvshift_lens.models.checkpoints import state_sha256
+from kvshift_lens.models.config import ModelConfig
+
+RESUME_FILE = "resume.pt"
+
+
+def save_resume(state: dict, path: Path) -> None:
+    """Write the rolling resume checkpoint atomically, with the sha256 of its contents."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({**state, "sha256": state_sha256(state)}, tmp)
+    os.replace(tmp, path)
+
+
+def same_run(stored: Optional[str], identity: dict) -> bool:
+    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, reading configs
+    written before the mixer/task registries (flat `arch`/`shift*` model fields, every task's knobs)."""
+    if stored == json.dumps(identity, sort_keys=True):
+        return True
+    try:
+        old = json.loads(stored)
+        old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
+        old["task"] = dataclasses.asdict(task_config(upgrade_task(old["task"])))
+    except (TypeError, ValueError, KeyError):  # ConfigError and JSONDecodeError are ValueErrors
+        return False
+    return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True)
+
+
+def load_resume(path: Path) -> dict:
+    """Read a rolling resume checkpoint (tensors and plain data only, checksum verified), or one clear error."""
+    fix = "delete it to restart this run from scratch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/foreign files
+        raise ValueError(f"{path} is corrupt or not a kvshift_lens resume checkpoint ({type(e).__name__}); {fix}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a kvshift_lens resume checkpoint; {fix}")
+    digest = state.pop("sha256", None)  # None: written before checksums
+    if digest is not None and digest != state_sha256(state):
+        raise ValueError(f"{path} is corrupt: its contents do not match the sha256 saved with them; {fix}")
+    return state

@@ -1,0 +1,62 @@
+"""The hydra `train` group schema, importable without torch (the command line validates it first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvshift_lens.core.errors import ConfigError
+
+SCHEDULES = ("constant", "cosine")
+LOSS_ON = ("all", "scored")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping knobs (the hydra `train` group schema)."""
+
+    steps: int = 3000  # optimizer steps
+    lr: float = 3e-3  # peak learning rate
+    batch_size: int = 64  # sequences per step
+    warmup: int = 50  # linear warmup steps
+    schedule: str = "constant"  # after warmup: "constant" | "cosine" (to min_lr_ratio·lr)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.1  # AdamW decay on matrices (not biases, norms, mixer coefficients)
+    beta1: float = 0.9  # AdamW β1 (paper 0.9)
+    beta2: float = 0.95  # AdamW β2 (paper 0.95)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    loss_on: str = "all"  # "all" next tokens | "scored" positions only
+    eval_every: int = 50  # steps between evaluations (and rolling resume checkpoints)
+    eval_size: int = 512  # held-out sequences, fixed per seed
+    n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis (> 0: the last step too)
+    eval_at_checkpoints: bool = False  # also evaluate at every checkpoint step (text: ICL where detectors run)
+    stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
+    threads: int = 0  # torch CPU threads; 0: chosen by the launcher (docs/training.md)
+    compile: bool = False  # torch.compile the model for the training steps (make bench: compile_payback says when it pays)
+    device: str = "auto"  # "auto" (CUDA if available) | "cpu" | "cuda"
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first field that cannot work and how to fix it."""
+        for name in ("steps", "batch_size", "eval_every", "eval_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        for name in ("warmup", "n_checkpoints", "threads", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if 0 < self.warmup >= self.steps:
+            raise ConfigError(f"train.warmup={self.warmup} must be < train.steps={self.steps}: the learning rate "
+                              f"would never reach train.lr; shorten the warmup or train longer")
+        if self.eval_every > self.steps:
+            raise ConfigError(f"train.eval_every={self.eval_every} exceeds train.steps={self.steps}: no evaluation "
+                              f"between the first and the last; set train.eval_every <= {self.steps}")
+        for name in ("min_lr_ratio", "stop_at"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must lie in [0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must lie in [0, 1) (AdamW moment decay)")
+        for name, allowed in (("schedule", SCHEDULES), ("loss_on", LOSS_ON), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"train.{name}={getattr(self, name)!r} is not supported; use one of {list(allowed)}")
