@@ -13,7 +13,7 @@ import types
 
 import torch
 
-from benchmarks.run import Shape, interleaved, make_step, model_config, ratio
+from benchmarks.harness import Shape, interleaved, make_step, model_config, ratio
 from kvshift_lens.models.mixers.base import shift
 from kvshift_lens.models.mixers.kv_shift import KVShift
 from kvshift_lens.models.transformer import build_module

@@ -8,11 +8,11 @@ i.e. one matmul and no per-element coefficient passes.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import interleaved, ratio
 from kvshift_lens.models.mixers.base import shift
 
 
@@ -67,16 +67,10 @@ def main() -> None:
         ref = run(current)
         got = run(folded)
         assert all(torch.allclose(a, r, atol=1e-3, rtol=1e-3) for a, r in zip(got, ref))
-        times = {n: [] for n in VARIANTS}
-        for r in range(20):
-            for n in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    run(VARIANTS[n])
-                times[n].append((time.perf_counter() - t0) / 3)
-        base = times["vanilla"]
+        steps = {n: (lambda fn=fn: run(fn)) for n, fn in VARIANTS.items()}
+        times = interleaved(steps, rounds=20, inner=3, device=torch.device("cpu"), warmup=0)
         print(f"x=[{b},{t},{D}] h={h}  " + "  ".join(
-            f"{n}: {1e3 * statistics.median(v):.2f} ms ({statistics.median(a / c for a, c in zip(v, base)):.2f}x vanilla)"
+            f"{n}: {1e3 * statistics.median(v):.2f} ms ({ratio(times, n, 'vanilla'):.2f}x vanilla)"
             for n, v in times.items()), flush=True)
 
 

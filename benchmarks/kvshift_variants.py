@@ -9,11 +9,11 @@ benchmark shapes. `lag_mix` (exact and fused multiply-add) is what every mixer r
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import interleaved, ratio
 from kvshift_lens.models.mixers.base import lag_mix, shift
 
 
@@ -116,17 +116,9 @@ def main() -> None:
                 fn(x, c).backward(gout)
 
             fns[name] = run
-        times = {n: [] for n in fns}
-        for r in range(30):
-            for n in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    fns[n]()
-                times[n].append((time.perf_counter() - t0) / 5)
-        base = times["current"]
+        times = interleaved(fns, rounds=30, inner=5, device=torch.device("cpu"), warmup=0)
         print(f"x=[{b},{t},{h},{d}]  " + "  ".join(
-            f"{n}: {1e3 * statistics.median(v):.3f} ms ({statistics.median(a / c for a, c in zip(v, base)):.2f}x)"
-            for n, v in times.items()))
+            f"{n}: {1e3 * statistics.median(v):.3f} ms ({ratio(times, n, 'current'):.2f}x)" for n, v in times.items()))
 
 
 if __name__ == "__main__":

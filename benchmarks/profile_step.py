@@ -11,7 +11,8 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.run import RefModel, Shape, make_step, model_config
+from benchmarks.harness import Shape, make_step, model_config
+from benchmarks.reference import RefModel
 from kvshift_lens.models.transformer import build_module
 from kvshift_lens.data.tasks.base import make_task, task_config
 

@@ -1,8 +1,10 @@
 """Find induction heads on every checkpoint: `python -m experiments.detect <run or sweep dir> [batch_size=16 ...]`.
 
 Writes heads.csv into each run directory and adds emergence keys to its summary.json; re-running
-skips checkpoints already scored. The directory may be any path -- sweep run directories contain `=`
-and `,` -- given first or as `run_dir=<path>`. A bad value or a missing directory stops with one line.
+skips checkpoints already scored; `development=true` also writes development.csv (loss by position, loss
+PCA, QK eigenvalues, the LLC; kvshift_lens.analysis.development). The directory may be any path -- sweep run
+directories contain `=` and `,` -- given first or as `run_dir=<path>`. A bad value or a missing directory stops
+with one line.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ def main(cfg: DictConfig) -> None:
 
     torch.set_num_threads(run.threads)
     try:
-        results = analyze(run.run_dir, batch_size=run.batch_size, seed=run.seed)
+        results = analyze(run.run_dir, batch_size=run.batch_size, seed=run.seed, development=run.development)
     except (OSError, ValueError) as e:
         fail(str(e))
     for run_dir, s in results.items():
         keys = ("induction_heads", "induction_mechanisms", "first_induction_head", "induction_layers", "emergence_step",
-                "phase_change_step", "icl_jump_step")  # text runs report layers and the ICL jump (kvshift_lens.analysis.lm_heads)
+                "phase_change_step", "icl_jump_step",  # text runs report layers and the ICL jump (kvshift_lens.analysis.lm_heads)
+                "loss_pca_turn_step", "llc_stage_boundaries", "induction_split")  # development=true
         print(f"{run_dir}: " + " ".join(f"{k}={s[k]}" for k in keys if k in s))
 
 

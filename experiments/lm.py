@@ -4,6 +4,7 @@
     python -m experiments.lm --only llama_4l       # also train the 4-layer pair (outputs cover every finished run)
     python -m experiments.lm --skip-train          # outputs only, from the finished runs
     python -m experiments.lm --profile gpu         # nanoGPT shakespeare-char scale (conf/experiment/lm_gpu.yaml)
+    python -m experiments.lm seed_offset=10        # replication: seeds 10, 11, ... into runs/lm/seed_offset_10
 
 One hydra multirun (`experiments.train -m +experiment=<profile>`, 2 jobs × 1 torch thread on the CPU; each
 job also scores its checkpoints, `detect: true`) into `<out-dir>/sweeps/<name>`; re-running skips finished
@@ -24,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens.report import markdown  # noqa: E402
+from kvshift_lens.report import markdown, replication  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.analysis.emergence import EMERGENCE_THRESHOLD  # noqa: E402
 from kvshift_lens.report import lm_claims as lm  # noqa: E402
@@ -88,6 +89,8 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
               "training_time": provenance.training_time(sweep_dir / r for r in runs["run"]),
               "verdicts": {n: f.verdict.label for n, f in findings.items()}}
     paths["provenance"] = provenance.write_json(results / "lm.provenance.json", record)
+    paths["verdicts"] = replication.write_verdicts(results / "lm_verdicts.csv", replication.verdict_rows(
+        "lm", [(n, f.verdict, f.parts) for n, f in findings.items()]))
     paths["md"] = results / "lm.md"
     paths["md"].write_text(section(findings, runs, spec, record))
     return paths
@@ -97,22 +100,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = sweeps.study_parser(__doc__.splitlines()[0], PROFILES, ROOT / "runs" / "lm")
     parser.add_argument("--only", nargs="+", default=None, metavar="GRID",
                         help="train these grids (default: the profile's standard set; outputs cover every finished run)")
-    args = parser.parse_args(argv)
+    args = sweeps.parse_study_args(parser, argv)
 
     experiment, launcher, grids = PROFILES[args.profile]
     launcher, n_jobs = sweeps.study_launcher(args, launcher)
     only = list(args.only) if args.only is not None else list(grids)
-    spec = sweeps.experiment_spec(experiment)
+    spec = sweeps.with_seed_offset(sweeps.experiment_spec(experiment), args.seed_offset)
     sweeps.expand_jobs(spec, only=only)  # unknown grid names stop here, before any training
-    out_dir = args.out_dir.resolve()
+    out_dir, args.results_dir = sweeps.study_dirs(args, args.out_dir, args.results_dir)
     sweep_dir = out_dir / "sweeps" / spec["name"]
     t0 = time.perf_counter()
     if not args.skip_train:
-        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only), sweep_dir,
+        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only,
+                                                seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
     markdown.finish_study("experiments.lm", args, "lm", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
-                        launcher=launcher, n_jobs=n_jobs, grids=only)
+                        launcher=launcher, n_jobs=n_jobs, grids=only, seed_offset=args.seed_offset)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@
     python -m experiments.phase_diagram --only length      # train one grid, then outputs from all runs
     python -m experiments.phase_diagram --profile cluster  # the larger grid on SLURM (submitit)
     python -m experiments.phase_diagram --profile tiny --out-dir /tmp/pd --results-dir /tmp/pd/results
+    python -m experiments.phase_diagram seed_offset=10    # replication: seeds 10, 11, ... into runs/seed_offset_10
 
 A profile is one `conf/experiment/*.yaml` (`hydra/sweeper=grids`) run as one `python -m experiments.train
 -m +experiment=<file>` multirun into `<out-dir>/sweeps/<name>`; re-running skips finished runs. The
-outputs read exactly the runs whose `.hydra/overrides.yaml` is one of the profile's jobs and judge them
+grid is followed by adaptive rounds (`kvshift_lens/report/adaptive.py`: censored runs trained on at a doubled
+budget, vanilla 1L's failures to 4× the steps 1-layer KV shift needed, a rate beyond an edge of the lr grid).
+The outputs read exactly the runs whose `.hydra/overrides.yaml` is one of the profile's jobs and judge them
 with the capacity protocol (`kvshift_lens/report/protocol.py`): per-run CSV (with `lr`, `outcome`,
 `censored`), best-lr cells, frontiers, length trends, parameter-matched table, figures, provenance and a
 markdown section with the verdicts (also spliced into results/REPORT.md).
@@ -16,6 +19,7 @@ markdown section with the verdicts (also spliced into results/REPORT.md).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,16 +31,31 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens.report import markdown  # noqa: E402
+from kvshift_lens.report import adaptive, markdown, replication  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.training.runs import load_runs, run_status  # noqa: E402
 from kvshift_lens.report import phase, figures as plots  # noqa: E402
 from kvshift_lens.report.markdown import md_table  # noqa: E402
+from kvshift_lens.report.claims import plateau_text  # noqa: E402
 from kvshift_lens.report.protocol import lr_grid_violations  # noqa: E402
+from kvshift_lens.report.robustness import robustness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"cpu": ("phase_diagram", "local_parallel"), "tiny": ("phase_diagram_tiny", "basic"),
-            "cluster": ("phase_diagram_cluster", "cluster_slurm")}  # profile -> (experiment file, launcher)
+            "cluster": ("phase_diagram_cluster", "cluster_slurm"),
+            "powered": ("phase_diagram_powered", "local_parallel")}  # profile -> (experiment file, launcher)
+ADAPTIVE = {"cpu": adaptive.Adaptive(cap=2, lr_bounds=None), "powered": adaptive.Adaptive(cap=8),
+            "cluster": adaptive.Adaptive(cap=8), "tiny": adaptive.OFF}  # quick (cpu): one doubling, the lr grid as written
+CANNOT = [adaptive.CannotRule("one vanilla layer cannot learn induction",
+                              negative={"model/mixer": "none", "model.n_layers": "1"},
+                              positive={"model/mixer": "kv_shift", "model.n_layers": "1"},
+                              within=["task.seq_len", "model.d_model"])]
+
+
+def plan(sweep_dir: Path, spec: dict, policy: adaptive.Adaptive) -> list[list[str]]:
+    """The next adaptive round of the study's finished runs (`adaptive.plan_study`)."""
+    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec), spec["steps"])
+    return list(adaptive.plan_study(runs, policy, CANNOT)["job"])
 
 
 def study_runs(sweep_dir: Path, spec: dict) -> pd.DataFrame:
@@ -76,8 +95,10 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     paths = {k: results / f"{prefix}{suffix}" for k, suffix in {
         "csv": ".csv", "cells": "_cells.csv", "frontier": "_frontier.csv", "length": "_length.csv",
         "params": "_params.csv", "heatmaps": "_heatmaps.png", "params_png": "_params.png",
-        "length_png": "_length.png", "provenance": "_provenance.json", "md": ".md"}.items()}
-    runs = phase.tidy_runs(study_runs(sweep_dir, spec), sweep_dir)
+        "length_png": "_length.png", "provenance": "_provenance.json", "md": ".md", "verdicts": "_verdicts.csv",
+        "adaptive": "_adaptive.csv", "cannot": "_cannot.csv"}.items()}
+    curves = study_runs(sweep_dir, spec)
+    runs = phase.tidy_runs(curves, sweep_dir)
     cells = phase.cells(runs)
     status = phase.status(cells)
     frontiers = phase.frontiers(status)
@@ -88,6 +109,14 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     frontiers.to_csv(paths["frontier"], index=False)
     trends.to_csv(paths["length"], index=False)
     pm.to_csv(paths["params"], index=False)
+    generic = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec), spec["steps"])
+    policy = adaptive.Adaptive(**{**record["adaptive_policy"], "lr_bounds": record["adaptive_policy"]["lr_bounds"]
+                                  and tuple(record["adaptive_policy"]["lr_bounds"])})
+    adaptive.lr_table(generic, ["setting", "arm"], policy, adaptive.Protocol(lr="lr")).to_csv(paths["adaptive"], index=False)
+    adaptive.cannot_table(generic, CANNOT, policy, adaptive.Protocol(lr="lr")).to_csv(paths["cannot"], index=False)
+    depth, depth_parts = phase.depth_verdict(cells)
+    replication.write_verdicts(paths["verdicts"], replication.verdict_rows(prefix.removesuffix("_tiny").removesuffix(
+        "_cluster"), [(phase.DEPTH_CLAIM, depth, depth_parts), (phase.WIDTH_CLAIM, phase.width_verdict(trends), [])]))
 
     main_len = int(cells["seq_len"].mode().iloc[0])
     main = cells[(cells.seq_len == main_len) & (cells.n_heads == cells.n_heads.min())]
@@ -107,6 +136,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     provenance.write_json(paths["provenance"], record)
 
     violations = lr_grid_violations(cells, phase.PROTOCOL)
+    fragile = robustness(lambda p: phase.judge(curves, p), phase.PROTOCOL)
     lines = [
         f"## Phase diagram: who learns induction, at which width, depth and length ({prefix})", "",
         f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). {spec['description']} "
@@ -115,13 +145,17 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
         f"train seconds, 1 thread each); {provenance.wall_text(record)}; `{paths['provenance'].name}` has commit, "
         "grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`, docs/protocol.md): a run *succeeds* when held-out induction "
-        f"accuracy reaches {phase.PROTOCOL.threshold:.0%} (it stops there); otherwise it *failed* if it plateaued (no "
-        f"gain > {phase.PROTOCOL.plateau_gain} of its running best over the last {phase.PROTOCOL.plateau_window:.0%} of "
-        "its steps), else it is *censored* (still improving: never counted as a failure). Each cell and seed is judged "
-        "at its best learning rate; a cell succeeds when ≥ 2/3 of seeds do; the frontier is the smallest such width. "
+        f"accuracy reaches {phase.PROTOCOL.threshold:.0%} (it stops there); otherwise it *failed* if it plateaued "
+        f"({plateau_text(phase.PROTOCOL)}; `kvshift_lens/report/run_labels.py`), else it is *censored* (possibly still "
+        "improving: never counted as a failure). A cell and seed succeeds if any learning rate does, is censored if any "
+        "is, else failed; a cell succeeds when ≥ 2/3 of seeds do; the frontier is the smallest such width (\"≤\" at the "
+        "narrowest width tried). The depth claim's tests are one family, Holm-adjusted; a verdict that changes with the "
+        "success threshold at 0.85 / 0.95 or the plateau gain halved or doubled is *fragile* (listed below). "
         "Intervals: success proportions carry 95 % Wilson intervals (`binomtest`); paired comparisons use the exact "
         "binomial test on discordant pairs; times to 90 % the log-rank test (`scipy.stats.logrank`).", "",
         "### Verdicts", "", *verdict_lines(cells, trends, frontiers), "",
+        "**Fragile** (the outcome changes under a protocol variant; counted as inconclusive): "
+        + (", ".join(f"{r.verdict} ({r.base})" for r in fragile[fragile.fragile].itertuples()) or "none") + ".", "",
     ]
     if len(violations):
         lines += [f"**Protocol not met** in {len(violations)} cell-seeds (fewer than 3 learning rates or a span < 10×).", ""]
@@ -154,21 +188,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = sweeps.study_parser(__doc__.splitlines()[0], PROFILES, ROOT / "runs")
     parser.add_argument("--only", nargs="+", default=(), metavar="GRID",
                         help="train only these grids of the profile (outputs still cover all its finished runs)")
-    args = parser.parse_args(argv)
+    args = sweeps.parse_study_args(parser, argv)
 
     experiment, launcher = PROFILES[args.profile]
     launcher, n_jobs = sweeps.study_launcher(args, launcher)
-    spec = sweeps.experiment_spec(experiment)
+    spec = sweeps.with_seed_offset(sweeps.experiment_spec(experiment), args.seed_offset)
     sweeps.expand_jobs(spec, only=args.only)  # unknown grid names stop here, before any training
-    out_dir = args.out_dir.resolve()
+    out_dir, args.results_dir = sweeps.study_dirs(args, args.out_dir, args.results_dir)
     sweep_dir = out_dir / "sweeps" / spec["name"]
-    t0 = time.perf_counter()
+    policy = ADAPTIVE[args.profile]
+    t0, rounds = time.perf_counter(), 0
     if not args.skip_train:
-        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=args.only), sweep_dir,
+        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=args.only,
+                                                seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
+        rounds = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, policy), sweep_dir, out_dir, launcher, n_jobs)
     markdown.finish_study("experiments.phase_diagram", args, "phase_diagram", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
-                        launcher=launcher, n_jobs=n_jobs)
+                        launcher=launcher, n_jobs=n_jobs, seed_offset=args.seed_offset,
+                        adaptive_policy=dataclasses.asdict(policy), adaptive_rounds_this_invocation=rounds)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """Reproduce the paper's figures: `python -m experiments.reproduce [--profile quick|full|tiny] [--only a,b] [--out results]`.
 
+`seed_offset=K` (or `--seed-offset K`) trains every figure on seeds K, K+1, ... into runs/reproduce/<profile>/seed_offset_K
+(outputs in its `results/`, never in results/), for the replication table (kvshift_lens/report/replication.py).
+
 A profile is one experiment file (`conf/experiment/reproduce*.yaml`) whose named grids hold every
 figure's runs; they train as ONE hydra multirun (`hydra/sweeper=grids`; finished runs are skipped and
-killed runs resume on rerun). Each figure then reads exactly its runs back (those whose
+killed runs resume on rerun), then adaptive rounds (`kvshift_lens/report/adaptive.py`: censored runs trained on at
+a doubled budget, "cannot learn" controls to 4× the steps the learner needed, rates beyond an edge of an lr grid).
+Each figure then reads exactly its runs back (those whose
 `.hydra/overrides.yaml` is one of its grids' jobs) and writes `<out>/<name>.csv` (tidy),
 `<name>.png` (drawn from that CSV as re-read) and `<name>.provenance.json`; finally `<out>/REPORT.md`,
 whose verdicts come from the rules in `kvshift_lens/report/claims.py`.
@@ -11,6 +16,7 @@ whose verdicts come from the rules in `kvshift_lens/report/claims.py`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from dataclasses import dataclass
@@ -29,14 +35,18 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from experiments import theory  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
+from kvshift_lens.report import adaptive  # noqa: E402
 from kvshift_lens.report import claims as C  # noqa: E402
+from kvshift_lens.report import replication  # noqa: E402
 from kvshift_lens.report import figures as P  # noqa: E402
 from kvshift_lens.report import tables as T  # noqa: E402
-from kvshift_lens.report.markdown import finding_section, splice_section, spliced_sections  # noqa: E402
+from kvshift_lens.report.markdown import finding_section, splice_section, spliced_sections, verdict_counts  # noqa: E402
+from kvshift_lens.report.robustness import label, robustness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"quick": ("reproduce", "local_parallel"), "tiny": ("reproduce_tiny", "basic"),
-            "full": ("reproduce_full", "local_parallel")}  # profile -> (experiment file, launcher)
+            "full": ("reproduce_full", "local_parallel"),
+            "powered": ("reproduce_powered", "local_parallel")}  # profile -> (experiment file, launcher)
 PHASE_SECTION = "phase_diagram.md"  # written by experiments.phase_diagram; REPORT.md carries it as a section
 DETECTORS = (
     "`induction_score` is the TransformerLens/ARENA diagonal score: mean attention from each second-copy token of "
@@ -116,6 +126,18 @@ def _find_hopk(table: pd.DataFrame) -> C.Finding:
 
 
 FIG8 = ("fig8/base", "fig8/vanilla")
+ADAPTIVE = {"quick": adaptive.Adaptive(cap=2, lr_bounds=None), "powered": adaptive.Adaptive(cap=8),
+            "full": adaptive.Adaptive(cap=1), "tiny": adaptive.OFF}  # quick: one doubling, the lr grids as written;
+# full: a cosine schedule depends on the budget, so a longer budget is another run (training.resume.extends)
+_PLAIN_KV = {"model": "kvshift_1l", "model.mixer.param": "", "model.mixer.sides": "", "model.mixer.window": ""}
+CANNOT = [  # "cannot learn" controls, each against the learner trained beside it (same stop rule and data)
+    adaptive.CannotRule("fig1a: one vanilla layer", {"model": "vanilla_1l", "train.stop_at": ""},
+                        {**_PLAIN_KV, "train.stop_at": ""}),
+    adaptive.CannotRule("fig8: one vanilla layer", {"model": "vanilla_1l", "train.stop_at": "0.9"},
+                        {**_PLAIN_KV, "train.stop_at": "0.9"}),
+    adaptive.CannotRule("fig8: shift v only", {"model": "kvshift_1l", "model.mixer.sides": "v"},
+                        {**_PLAIN_KV, "train.stop_at": "0.9"}),
+]
 FIGURES: dict[str, FigureSpec] = {
     "fig1a_depth": FigureSpec(("fig1a_depth/",), T.curves_table,
                               lambda t: P.plot_curves(t, "Induction accuracy vs depth (Fig 1a)"), C.find_fig1a),
@@ -130,8 +152,9 @@ FIGURES: dict[str, FigureSpec] = {
     "fig8_ablation": FigureSpec(
         (*FIG8, "fig8_ablation"), lambda d, r: T.curves_table(d, r, _ablation_label),
         lambda t: P.plot_curves(t, "Shift K and V vs K only vs V only vs vanilla (Fig 8)"),
-        C.find_variants("Shifting K, V or both lets one layer learn induction; vanilla one layer does not.", (),
-                        "vanilla 1L", baseline_must_fail=True)),
+        C.find_variants("Shifting K, or K and V, lets one layer learn induction; shifting only V does not "
+                        f"({C.EXPECTATIONS['value_only'].source}); vanilla one layer does not.", (), "vanilla 1L",
+                        baseline_must_fail=True, cannot=("shift v",))),
     "fig8_window": FigureSpec(
         (*FIG8, "fig8_window"), lambda d, r: T.curves_table(d, r, _fig8_label("model.mixer.window", "window")),
         lambda t: P.plot_curves(t, "Shift window (Fig 8)"),
@@ -162,8 +185,24 @@ def draw(name: str, run_dirs: list[Path], sweep_dir: Path, out: Path) -> tuple[p
     return table, spec.find(table)
 
 
+def fragility(out: Path, names: Sequence[str]) -> dict[str, bool]:
+    """Per figure, whether its verdict changes under `report.robustness`'s protocol variants (recomputed from its
+    CSV); a figure whose rule reads no run outcome (no `protocol` parameter) cannot change."""
+    flags = {}
+    for name in names:
+        find = FIGURES[name].find
+        if "protocol" not in inspect.signature(find).parameters:
+            flags[name] = False
+            continue
+        table = pd.read_csv(out / f"{name}.csv")
+        flags[name] = bool(robustness(lambda p: {name: find(table, p).verdict}, C.PROTOCOL)["fragile"].iloc[0])
+    return flags
+
+
 def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: dict, missing: Sequence[str]) -> Path:
-    """REPORT.md: a verdict table (verdict, rule, baseline per figure), then one section per figure."""
+    """REPORT.md: a verdict table (verdict, rule, baseline per figure; Holm within each figure's family of tests;
+    fragile verdicts flagged) and the verdict counts, then one section per figure."""
+    fragile = fragility(out, list(findings))
     lines = ["# Reproduction report: KV Shifting Attention (Xu et al., arXiv 2411.19574)", "",
              f"Generated by `{meta['command']}` from the CSVs in this folder; every number below is computed from "
              "them, and every verdict by the rule named beside it (`kvshift_lens/report/claims.py`, tested in "
@@ -173,12 +212,20 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
              + (" (--draw-only: redrawn from existing runs; each provenance file's `training_time` gives the runs' "
                 "own training seconds)" if meta.get("draw_only") else "") + f"; load average before/after: "
              f"{meta['load_before']} / {meta['load_after']} on {meta['cpu_count']} cores",
-             "- intervals: means over seeds carry 95 % Student-t intervals (`scipy.stats.t`), paired differences the "
-             "t-interval of the per-seed differences; success proportions 95 % Wilson intervals "
-             "(`binomtest(...).proportion_ci('wilson')`); times to 90 % are compared by the log-rank test "
-             "(`scipy.stats.logrank`), success of paired configurations by the exact binomial test on discordant pairs.",
-             "", "| figure | verdict | rule | baseline |", "|---|---|---|---|"]
-    lines += [f"| [{n}](#{n}) | {f.verdict.label} | {f.verdict.rule} | {f.verdict.baseline} |" for n, f in findings.items()]
+             "- intervals: means of bounded quantities (accuracies, shares, their differences) over fewer than 10 seeds "
+             "carry exact sign-flip intervals (Hartigan's subset means; the bounds themselves below 6 seeds), other "
+             "means Student-t intervals; paired differences are tested by the exact sign-flip permutation test; "
+             "identical values get no interval; success proportions 95 % Wilson or exact Clopper–Pearson intervals; "
+             "times to 90 % are compared by the log-rank test (`scipy.stats.logrank`) and summarised by Kaplan–Meier "
+             "medians, success of paired configurations by the exact binomial test on discordant pairs.",
+             "- multiplicity: each figure's parts are one family of tests (named in the table below); verdicts use "
+             "Holm-adjusted p-values (`kvshift_lens/report/multiplicity.py`). Robustness: every verdict that reads run "
+             "outcomes is recomputed with the success threshold at 0.85 / 0.90 / 0.95 and the plateau gain halved and "
+             "doubled; one that changes is marked *fragile* and counted as inconclusive (`kvshift_lens/report/robustness.py`).",
+             "", "| figure (family of tests) | verdict | before Holm | rule | baseline |", "|---|---|---|---|---|"]
+    lines += [f"| [{n}](#{n}) | {label(f.verdict, fragile[n])} | {f.verdict.raw_outcome} | {f.verdict.rule} | "
+              f"{f.verdict.baseline} |" for n, f in findings.items()]
+    lines += ["", *verdict_counts(findings, fragile)]
     lines += ["", "## Detector scores (heads.csv, notebooks)", "", DETECTORS]
     for name, f in findings.items():
         lines += finding_section(name, f, f"{name}.png")
@@ -195,38 +242,62 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
     return path
 
 
+def plan(sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> list[list[str]]:
+    """The next adaptive round of the figures' finished runs (`adaptive.plan_study`)."""
+    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec, only=grids), spec["steps"])
+    return list(adaptive.plan_study(runs, policy, CANNOT)["job"])
+
+
+def write_adaptive(out: Path, sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> None:
+    """`reproduce_budgets.csv` (per run: grid budget, budget reached, outcome; fig3's capability is read at the budget
+    reached, its speed at the grid budget), `reproduce_lrs.csv` (best rate per cell, `lr_edge`) and
+    `reproduce_cannot.csv` (the budget behind every "cannot", `cannot_budget`)."""
+    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec, only=grids), spec["steps"])
+    p = adaptive.Protocol(lr="lr")
+    runs.drop(columns=["job", "grid_job"]).to_csv(out / "reproduce_budgets.csv", index=False)
+    adaptive.lr_table(runs[runs["train.lr"].notna()] if "train.lr" in runs else runs.iloc[:0], ["setting", "arm"],
+                      policy, p).to_csv(out / "reproduce_lrs.csv", index=False)
+    adaptive.cannot_table(runs, CANNOT, policy, p).to_csv(out / "reproduce_cannot.csv", index=False)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     parser.add_argument("--only", default="", help="comma-separated figure names (default: all in the profile)")
-    parser.add_argument("--out", default="results", help="output folder for figures, CSVs and REPORT.md")
+    parser.add_argument("--out", default=None, help="output folder for figures, CSVs and REPORT.md (default results/)")
     parser.add_argument("--draw-only", action="store_true", help="skip training; draw from the finished runs on disk")
     parser.add_argument("--runs", default=None, help="hydra out_dir of the runs (default runs/reproduce/<profile>)")
     parser.add_argument("--launcher", default=None, help="hydra launcher (default: the profile's)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers; default 2)")
+    sweeps.add_seed_offset(parser)
+    args = sweeps.parse_study_args(parser, argv)
     experiment, launcher = PROFILES[args.profile]
     launcher = args.launcher or launcher
-    spec = sweeps.experiment_spec(experiment)
+    n_jobs = args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
+    spec = sweeps.with_seed_offset(sweeps.experiment_spec(experiment), args.seed_offset)
     names = [n for n in args.only.split(",") if n] or [n for n in FIGURES if figure_grids(n, spec)]
     unknown = [n for n in names if n not in FIGURES]
     if unknown:
         raise SystemExit(f"error: unknown figure(s) {unknown}; choose from {list(FIGURES)}")
-    out = Path(args.out)
+    runs_root, out = sweeps.study_dirs(args, Path(args.runs or ROOT / "runs" / "reproduce" / args.profile),
+                                       Path(args.out) if args.out is not None else None)
     out.mkdir(parents=True, exist_ok=True)
-    runs_root = Path(args.runs or ROOT / "runs" / "reproduce" / args.profile).resolve()
     sweep_dir = runs_root / "sweeps" / spec["name"]
-    command = "python -m experiments.reproduce" + ("" if args.profile == "quick" else f" --profile {args.profile}")
+    command = "python -m experiments.reproduce" + ("" if args.profile == "quick" else f" --profile {args.profile}") \
+        + (f" seed_offset={args.seed_offset}" if args.seed_offset else "")
+    policy = ADAPTIVE[args.profile]
     started, load_before = time.perf_counter(), provenance.load_average()
     grids = sorted({g for n in names for g in figure_grids(n, spec)}, key=list(spec["grids"]).index)
     sweep = {}
     if not args.draw_only:
-        cmd = sweeps.sweep_command(experiment, runs_root, launcher, 2 if launcher == "local_parallel" else None,
-                                   only=grids)
+        cmd = sweeps.sweep_command(experiment, runs_root, launcher, n_jobs, only=grids, seed_offset=args.seed_offset)
         print("$", " ".join(cmd[1:]), flush=True)
         try:
             sweep = sweeps.run_sweep(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")
         except RuntimeError as e:  # the figures whose runs finished are still drawn below
             print(f"error: {e}", file=sys.stderr)
+        sweep["adaptive_rounds"] = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, grids, policy), sweep_dir,
+                                                       runs_root, launcher, n_jobs)
     findings: dict[str, C.Finding] = {}
     failed: dict[str, str] = {}
     for name in tqdm(names, desc="figures", unit="fig"):
@@ -257,6 +328,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             "load_after": provenance.load_average(), "cpu_count": provenance.environment()["cpu_count"]}
     missing = [n for n in FIGURES if figure_grids(n, spec) and n not in findings]
     report = write_report(out, findings, spec, meta, missing)
+    write_adaptive(out, sweep_dir, spec, grids, policy)
+    replication.write_verdicts(out / "reproduce_verdicts.csv", replication.verdict_rows(
+        "reproduce", [(n, f.verdict, f.parts) for n, f in findings.items()]))
     theory.write_outputs(out)  # the theorem constructions: seconds, no training
     print(f"wrote {len(findings)} figure(s) and {report} in {meta['wall_seconds']:.0f} s")
     return 1 if failed else 0

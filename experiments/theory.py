@@ -1,5 +1,8 @@
 """The theorem constructions measured: `python -m experiments.theory [--out results]`.
 
+Writes into `runs/theory/` (a scratch folder git ignores) unless `--out results` asks to update the tracked
+results, whose floats may differ in their last digits on another CPU.
+
 Writes `theorem1_error.csv|png` (Theorem 1: two-layer vanilla error vs ALiBi slope p, with App. A's
 bound), `theorem1_constant.csv` (the constant C of error ≈ C·e^(−p) over `N_DRAWS` input draws),
 `theorem2_gaps.csv` (Theorem 2: one-layer KV shift vs Definition 1, per key range),
@@ -30,6 +33,7 @@ SETTINGS = {"d": 8, "m": 0.25, "sigma": 1.0, "n_ctx": 32, "batch": 16, "seed": 0
 FIT_RANGE = (4, 14)  # p range of the log-linear fit (below: 1/(1 − e^{−p}) matters; above: float64 noise floor)
 N_DRAWS = 10  # input draws (seeds) over which Theorem 1's constant C in error ≈ C·e^(−p) is reported
 UNMASKED_PS = (2.0, 8.0, 16.0)  # p at which the copy layer is also run without its strict-causality mask
+SCRATCH = Path("runs/theory")  # default output: rerunning never rewrites tracked files
 
 
 def decay_fit(table: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +74,7 @@ def section(t1: pd.DataFrame, fit: pd.DataFrame, t2: pd.DataFrame, const: pd.Dat
     unrestricted = gaps.drop(index="interior")["gap_vs_definition1"]
     c = const["constant"]
     lines = ["## Theorem constructions", "",
-             "Regenerate: `python -m experiments.theory` (also part of `make reproduce`). Settings: "
+             "Regenerate: `python -m experiments.theory --out results` (also part of `make reproduce`). Settings: "
              + ", ".join(f"{k} = {v}" for k, v in SETTINGS.items()) + ", float64. Details: `docs/theory.md`.", "",
              f"**Theorem 2 holds exactly only with two keys masked.** One KV-shift layer (D = d, α = (0, 1), "
              f"β = (1, 0), W = I, ALiBi slope m) equals Definition 1's induction-head operator to {exact:.1g} (float64) "
@@ -124,7 +128,8 @@ def write_outputs(out: Path) -> dict[str, Path]:
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    parser.add_argument("--out", type=Path, default=SCRATCH,
+                        help=f"output folder (default {SCRATCH}; --out results updates the committed results)")
     args = parser.parse_args(argv)
     for path in write_outputs(args.out).values():
         print(f"wrote {path}")

@@ -1,6 +1,7 @@
 """Train one model (or a sweep with -m): `python -m experiments.train model=kvshift_1l task=induction`.
 
-Re-running the same command resumes the run in its directory. A bad value stops with one line before
+Re-running the same command resumes the run in its directory (Ctrl-C says so in one line and exits 130). A
+`plugins=[my_pkg.my_mixer]` list is imported first (docs/extending.md). A bad value stops with one line before
 transformer_lens is imported; in a sweep a failing job is recorded in its run directory (error.txt, summary.json
 status) while every other job runs, and the sweep ends with one line per failed job and exit status 1.
 """
@@ -17,8 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-if not OmegaConf.has_resolver("path_safe"):  # run directories (conf/train.yaml): model/mixer=x -> model.mixer=x
-    OmegaConf.register_new_resolver("path_safe", lambda s: str(s).replace("/", "."))
+from kvshift_lens.training.run_dirs import register_resolvers  # torch-free
+
+register_resolvers()  # run directories (conf/train.yaml), shared with kvshift_lens.train
 
 
 def _text_vocab(corpus: str, tokenizer: str, vocab_size: int) -> int:

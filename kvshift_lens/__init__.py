@@ -1,10 +1,22 @@
 """kvshift_lens: KV shifting attention (Xu et al. 2024) and other local token mixers as TransformerLens 4
 models, with synthetic tasks, a CPU-fast trainer and mechanistic-interpretability tools.
 
-The package follows the data (docs/architecture.md); imports run one way, upward never:
-`report` -> `analysis` -> `training` -> `models` | `data` -> `core`.
+The front door (kvshift_lens/api.py), as complete as `python -m experiments.train`:
 
-The names below load lazily, so light modules (`kvshift_lens.models.config`, the sweeper's
+    train(model="kvshift_1l", task="induction", seed=0, *overrides, **keyword_overrides) -> Run
+        compose the presets in conf/, train (or resume) in the CLI's run directory; `detect=True` scores heads
+    open_run(path) -> Run      .metrics .heads (tidy frames) .summary .config .checkpoints .model(step) .detect()
+    open_runs(path) -> frame   one row per run of a sweep, with its `status` and `path`
+
+Also: `compose` (a validated RunConfig from conf/), `load_runs` / `load_summaries` / `load_heads` (runs as
+frames), `ModelConfig`, `build_model`, `load_model`, `save_model`, `to_bridge`, `attach_tokenizer`,
+`mixer_coefficients`, `shift_coefficients`, `head_scores`, `make_task`, `task_config`, `TrainConfig`,
+`ConfigError`.
+
+The package follows the data (docs/architecture.md); imports run one way, upward never:
+`report` -> `analysis` -> `training` -> `models` | `data` -> `core`, and this front door above them all.
+
+The names load lazily, so light modules (`kvshift_lens.models.config`, the sweeper's
 `kvshift_lens.training.sweeps`) import without transformer_lens. The flat layout's module paths
 (`kvshift_lens.detect`, ...) still import, with a DeprecationWarning naming the new one (`legacy`).
 """
@@ -37,6 +49,10 @@ _EXPORTS = {
     "load_summaries": "kvshift_lens.training.runs",
     "load_heads": "kvshift_lens.training.runs",
     "head_scores": "kvshift_lens.analysis.head_detectors",
+    "train": "kvshift_lens.api",
+    "Run": "kvshift_lens.api",
+    "open_run": "kvshift_lens.api",
+    "open_runs": "kvshift_lens.api",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_namespace(__name__, globals(), _EXPORTS)

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"step_ratio_vs_sdpa", "kvshift_vs_vanilla", "sweep_speedup_2_workers", "datagen_vs_consumption",
         "lm_tokens_per_s_vs_sdpa", "lm_datagen_vs_consumption", "lm",
         "seconds_to_90pct_induction", "peak_rss_mb", "git_commit", "machine", "load_average", "details",
-        "mixer_vs_vanilla", "mixer_targets", "compile_payback"}
+        "mixer_vs_vanilla", "mixer_targets", "compile_payback", "intervention_step_ratio", "interventions",
+        "development_vs_training", "development"}
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path):
@@ -32,6 +33,17 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
     assert res["compile_payback"]["mixers"] == {}  # --quick compiles nothing (the compiled path: test_train.py)
 
 
+def test_every_benchmark_family_is_one_module_the_driver_lists_once():
+    from benchmarks import run
+    from benchmarks.report import targets
+
+    assert len(set(run.FAMILIES)) == len(run.FAMILIES)
+    assert all(callable(f.measure) and callable(f.markdown) for f in run.FAMILIES)
+    assert set(targets(run.FAMILIES)) == {"step_ratio_vs_sdpa", "kvshift_vs_vanilla", "sweep_speedup_2_workers",
+                                          "datagen_vs_consumption", "lm_tokens_per_s_vs_sdpa", "lm_datagen_vs_consumption",
+                                          "intervention_step_ratio", "development_vs_training"}
+
+
 def probe(first_step: float, eager: float, compiled: float) -> dict:
     """A `compile_probe` result in seconds (vanilla as fast as eager)."""
     return {"first_step": first_step, "eager": eager, "compiled": compiled, "vanilla": eager,
@@ -39,7 +51,7 @@ def probe(first_step: float, eager: float, compiled: float) -> dict:
 
 
 def test_compile_payback_counts_the_steps_the_saved_time_needs_to_repay_the_compile():
-    from benchmarks.run import payback_summary
+    from benchmarks.compile_payback import payback_summary
 
     faster = payback_summary({"cold": probe(750.25, 0.5, 0.25), "warm": probe(125.25, 0.5, 0.25)})
     assert faster["compile_seconds"] == {"cold": 750.0, "warm": 125.0}

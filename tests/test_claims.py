@@ -14,7 +14,7 @@ from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, R
 
 WIN = [0.05, 0.5, 0.95]  # reaches 90 % at step 200
 LATE = [0.05] * 8 + [0.5, 0.95]  # reaches 90 % at step 900
-FLAT = [0.05, 0.1, 0.12] + [0.12] * 8  # plateaus below 90 % (1,000 steps)
+FLAT = [0.05, 0.1, 0.12] + [0.12] * 28  # plateaus below 90 % (3,000 steps: enough flat tail to tell from noise)
 RISING = [0.05] * 8 + [0.2, 0.5]  # still improving when its budget ends
 
 
@@ -81,6 +81,23 @@ def test_fig8_rule_returns_each_outcome(spec, must_fail, expected, reason):
     assert verdict.outcome == expected and verdict.reason == reason
 
 
+def test_fig8_judges_a_value_only_shift_against_the_expectation_the_family_study_uses():
+    from kvshift_lens.report import family as F
+
+    spec = {"shift kv": [WIN] * 3, "shift k": [WIN] * 3, "shift v": [FLAT] * 3, "vanilla 1L": [FLAT] * 3}
+    finding = C.find_variants("claim", (), "vanilla 1L", True, cannot=("shift v",))(curves(spec))
+    value_only = dict(finding.parts)["shift v cannot (value-only mixing)"]
+    assert finding.verdict.outcome == REPRODUCED and value_only.outcome == REPRODUCED
+    learned = C.find_variants("claim", (), "vanilla 1L", True, cannot=("shift v",))(curves({**spec, "shift v": [WIN] * 3}))
+    assert dict(learned.parts)["shift v cannot (value-only mixing)"].outcome == NOT_REPRODUCED
+    expectation = C.EXPECTATIONS["value_only"].text
+    fam = pd.DataFrame([{"task": "induction", "model.n_layers": "1", "arm": a, "key_reach": k, "value_reach": 1,
+                         "widest": 64, "widest_outcomes": "0/3", "widest_best_acc": 0.2, "text": "8",
+                         "learns": REPRODUCED, "cannot_learn": c} for a, k, c in
+                        (("kv_shift", 1, NOT_REPRODUCED), ("kv_shift[v]", 0, REPRODUCED))])
+    assert expectation in value_only.baseline and expectation in F.value_only_verdict(fam, "induction").baseline
+
+
 # --------------------------------------------------------------------------- Fig 1b
 
 
@@ -95,15 +112,22 @@ def fig1b(kv: list[list[float]], va: list[list[float]]) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("kv,va,expected", [
-    ([WIN] * 3, [FLAT] * 3, REPRODUCED),
-    ([WIN] * 3, [WIN] * 3, PARTLY),  # learns, but vanilla 2L does not do worse
-    ([FLAT] * 3, [WIN] * 3, NOT_REPRODUCED),
-    ([RISING[:-1] + [0.3], RISING, RISING[:-1] + [0.7]], [RISING] * 3, INCONCLUSIVE),  # censored, gap unclear
+    ([WIN] * 6, [FLAT] * 6, REPRODUCED),
+    ([WIN] * 6, [WIN] * 6, PARTLY),  # learns, but vanilla 2L does not do worse
+    ([FLAT] * 6, [WIN] * 6, NOT_REPRODUCED),
+    ([RISING[:-1] + [0.3], RISING, RISING[:-1] + [0.7]] * 2, [RISING] * 6, INCONCLUSIVE),  # censored, gap unclear
 ])
 def test_fig1b_rule_returns_each_outcome_at_the_best_learning_rate(kv, va, expected):
     finding = C.find_fig1b(fig1b(kv, va))
     assert finding.verdict.outcome == expected
     assert not finding.notes  # three learning rates spanning 10×: the protocol is met
+
+
+def test_fig1b_with_three_seeds_has_no_power_and_its_interval_stays_inside_the_bounds():
+    finding = C.find_fig1b(fig1b([WIN] * 3, [FLAT] * 3))
+    worse = dict(finding.parts)["vanilla 2L does worse at d_model 8"]
+    assert worse.outcome == INCONCLUSIVE and worse.p == pytest.approx(1 / 8)  # 3 sign flips: p ≥ 1/8
+    assert "[-1.00, 1.00]" in worse.evidence[0]  # no 95 % statement narrower than the bounds at n = 3
 
 
 def test_fig1b_flags_a_learning_rate_grid_that_breaks_the_protocol():
@@ -119,8 +143,8 @@ def fig3(sizes: dict[str, tuple[float, float]], start: float = 0.02, noise: floa
     rows = []
     for size, finals in sizes.items():
         for arch, final in zip(("kvshift", "vanilla"), finals):
-            for seed in range(3):
-                acc = min(1.0, final + noise * (seed - 1) * (1 if arch == "kvshift" else -1))
+            for seed in range(6):
+                acc = min(1.0, final + noise * (seed % 3 - 1) * (1 if arch == "kvshift" else -1))
                 run = f"{size}/{arch}/{seed}"
                 rows += [{"run": run, "seed": seed, "label": f"{arch} {size}", "size": size, "model.arch": arch,
                           "step": s, "induction_acc": a} for s, a in ((0, start), (50, acc))]
@@ -149,7 +173,8 @@ def test_fig3_overlapping_intervals_are_inconclusive():
 
 def hopk(acc: dict[tuple[str, int], float], noise: float = 0.01) -> pd.DataFrame:
     rows = [{"run": f"{lab}/{h}/{s}", "seed": s, "label": lab, "step": 100, "task.hops": h,
-             "induction_acc": a + noise * (s - 1)} for (lab, h), a in acc.items() for s in range(3)]
+             "induction_acc": a + noise * (s % 3 - 1) * (1 if lab.startswith("kv") else -1)}
+            for (lab, h), a in acc.items() for s in range(6)]
     return pd.DataFrame(rows).assign(**{"model.d_model": 64, "n_params": 1, "task.name": "hop_k", "task.d_vocab": 8,
                                          "task.seq_len": 16, "train.steps": 100, "train.lr": 3e-3})
 
@@ -174,7 +199,7 @@ def test_hopk_rule_returns_each_outcome_and_nothing_learned_is_inconclusive(acc,
 # --------------------------------------------------------------------------- Fig 2 and Table 4
 
 
-def shifts(init: list[tuple[float, float]], end: list[tuple[float, float]], runs: int = 4,
+def shifts(init: list[tuple[float, float]], end: list[tuple[float, float]], runs: int = 6,
            label: str = "kvshift 1L", spread: float = 0.02) -> pd.DataFrame:
     """Per run, heads at init and end given as (α1, β1) with α2 = 1 − α1, β2 = 1 − β1 (small per-run offsets)."""
     rows = []
@@ -204,33 +229,39 @@ def test_fig2_rule_returns_each_outcome(init, end, expected):
 
 
 def test_fig2_with_runs_that_disagree_is_inconclusive():
-    a = shifts([(0.3, 0.3)] * 4, CORNER, runs=2)
-    b = shifts([(0.3, 0.3)] * 4, [(0.6, 0.1)] * 4, runs=2).assign(run=lambda d: d.run + "b", seed=lambda d: d.seed + 2)
+    a = shifts([(0.3, 0.3)] * 4, CORNER, runs=3)
+    b = shifts([(0.3, 0.3)] * 4, [(0.6, 0.1)] * 4, runs=3).assign(run=lambda d: d.run + "b", seed=lambda d: d.seed + 3)
     assert C.find_fig2(pd.concat([a, b], ignore_index=True)).verdict.outcome == INCONCLUSIVE
 
 
-@pytest.mark.parametrize("init,end,expected", [
-    ([(0.3, 0.3)] * 4, RANDOM, REPRODUCED),  # one quadrant at init, all four at the end
-    (RANDOM, [(0.3, 0.3)] * 4, NOT_REPRODUCED),
-    (RANDOM, RANDOM, NOT_REPRODUCED),  # already spread at init: populated quadrants alone are no evidence
+@pytest.mark.parametrize("init,end,runs,expected", [
+    ([(0.3, 0.3)] * 4, RANDOM, 6, REPRODUCED),  # one quadrant at init, all four used at the end, 18/24 heads moved
+    (RANDOM, RANDOM, 10, NOT_REPRODUCED),  # all four used, but already at init: 0/40 heads moved
+    ([(0.3, 0.3)] * 4, [(0.3, 0.3)] * 4, 50, NOT_REPRODUCED),  # 200 heads, one quadrant, none moved
+    (RANDOM, RANDOM, 1, INCONCLUSIVE),  # 4 heads: no interval excludes either side
 ])
-def test_table4_compares_the_spread_with_init(init, end, expected):
-    assert C.find_table4(shifts(init, end, spread=0.0)).verdict.outcome == expected
+def test_table4_rule_returns_each_outcome(init, end, runs, expected):
+    assert C.find_table4(shifts(init, end, runs=runs, spread=0.0)).verdict.outcome == expected
 
 
-def test_table4_with_runs_that_disagree_is_inconclusive_and_partly_across_models():
-    up = shifts([(0.3, 0.3)] * 4, RANDOM, runs=2, spread=0.0)
-    down = shifts(RANDOM, [(0.3, 0.3)] * 4, runs=1, spread=0.0).assign(run="x", seed=9)
-    mixed = pd.concat([up, down], ignore_index=True)
-    assert C.find_table4(mixed).verdict.outcome == INCONCLUSIVE
-    two = pd.concat([up, shifts(RANDOM, [(0.3, 0.3)] * 4, runs=2, spread=0.0, label="kvshift 2L")], ignore_index=True)
+def test_table4_judges_the_papers_own_counts_as_spread_over_all_four_quadrants():
+    paper = pd.Series(C.PAPER_TABLE4)
+    assert C.quadrant_use(paper).outcome == REPRODUCED
+    assert "chi-square p = 1" in C.paper_fit_line(paper)  # 128 heads: every expected count ≥ 5
+    assert "not testable at this scale" in C.paper_fit_line(pd.Series([5, 2, 1, 5], index=QUADRANTS))
+
+
+def test_no_head_moving_gives_a_non_degenerate_interval_not_a_zero_width_one():
+    few, many = C.quadrant_moves(0, 16), C.quadrant_moves(0, 400)
+    assert few.outcome == INCONCLUSIVE and "[0.00, 0.21]" in few.evidence[0]
+    assert many.outcome == NOT_REPRODUCED
+
+
+def test_table4_judges_each_model_and_combines_them():
+    up = shifts([(0.3, 0.3)] * 4, RANDOM, spread=0.0)
+    two = pd.concat([up, shifts(RANDOM, RANDOM, runs=10, spread=0.0, label="kvshift 2L")], ignore_index=True)
     assert C.find_table4(two).verdict.outcome == PARTLY
     assert set(QUADRANTS) >= set(two.quadrant)
-
-
-def test_quadrant_entropy_is_two_bits_for_an_even_spread():
-    assert C.quadrant_entropy(pd.Series(list(QUADRANTS))) == pytest.approx(2.0)
-    assert C.quadrant_entropy(pd.Series([QUADRANTS[0]] * 3)) == pytest.approx(0.0)
 
 
 # --------------------------------------------------------------------------- phase diagram

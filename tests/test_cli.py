@@ -4,10 +4,13 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pytest
@@ -30,7 +33,7 @@ def cli(*args: str, out: Path, module: str = "experiments.train") -> subprocess.
 def test_single_run_writes_its_files_and_loads_into_pandas(tmp_path):
     r = cli("model=vanilla_2l", "seed=3", *TINY, out=tmp_path)
     assert r.returncode == 0, r.stderr
-    run_dir = next(tmp_path.glob("vanilla_2l/induction/seed3/*"))
+    run_dir = next(tmp_path.glob("vanilla_2l/induction/*/seed3"))  # <overrides>/seed<N>: runs never nest
     assert {"metrics.csv", "summary.json", "config.json", "checkpoints", "resume.pt"} <= {p.name for p in run_dir.iterdir()}
     df = load_runs(tmp_path)
     assert set(df["model.n_layers"]) == {2} and set(df.seed) == {3} and list(df.step) == [0, 2, 4]
@@ -82,7 +85,8 @@ BAD_INPUT = [
     ("seq_len-too-short", "task.seq_len=2 model.n_ctx=16", "task.seq_len=2 is too short for induction"),
     ("n_pairs-impossible", "task=ngram task.n_pairs=100000", "task.n_pairs=100000 is impossible for ngram"),
     ("unknown-field", "train.foo=1", "train.foo is not a config field"),
-    ("legacy-field", "model.arch=vanilla", "model.arch is not a config field"),
+    ("legacy-field", "model.arch=vanilla", "model.arch is a legacy field (before the mixers); use model/mixer=none"),
+    ("seed-negative", "seed=-1", "seed=-1 must be >= 0"),
     ("unknown-appended-field", "+train.bar=2", "unknown field(s) ['train.bar']"),
     ("model-preset-unknown", "model=nonexistent", "Could not find 'model/nonexistent'; available: base,"),
     ("override-grammar", "train.steps=[1", "no viable alternative at input '[1'"),
@@ -142,7 +146,7 @@ def test_a_failing_job_costs_no_other_job_and_the_sweep_reports_it(tmp_path, lau
     assert r.returncode == 1, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "UncompletedJobError" not in r.stderr
     failed = [p.parent for p in sweep.rglob("error.txt")]
-    assert len(failed) == 1 and "model.d_model=sixty" in failed[0].name
+    assert len(failed) == 1 and "model.d_model=sixty" in failed[0].parent.name  # <overrides>/seed0
     error = "model.d_model='sixty': expected an integer, got str"
     assert r.stderr.strip().splitlines()[-1] == f"{failed[0]}: {error}"  # the sweep's last line
     summaries = load_summaries(sweep).sort_values("run")
@@ -175,13 +179,66 @@ def test_detect_accepts_any_run_directory_path(tmp_path):
     r = cli("-m", "seed=0", "name=t", *TINY, out=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = next(p.parent for p in (tmp_path / "sweeps" / "t").rglob("metrics.csv"))
-    assert "=" in run_dir.name and "," in run_dir.name  # Hydra's override grammar rejects it unquoted
+    assert "=" in run_dir.parent.name and "," in run_dir.parent.name  # <overrides>/seed0: unquoted, Hydra rejects it
     d = cli(str(run_dir), "batch_size=4", out=tmp_path, module="experiments.detect")
     assert d.returncode == 0, d.stderr
     assert json.loads((run_dir / "summary.json").read_text())["emergence_threshold"] > 0
     bad = cli(str(tmp_path / "nowhere"), out=tmp_path, module="experiments.detect")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"error: run_dir={tmp_path / 'nowhere'}: no such directory (give a run or sweep directory)"]
+
+
+def test_detect_given_a_checkpoint_file_asks_for_its_run_directory(tmp_path):
+    assert cli(*TINY, out=tmp_path).returncode == 0
+    checkpoint = next(tmp_path.rglob("step_0000004.safetensors"))
+    d = cli(str(checkpoint), out=tmp_path, module="experiments.detect")
+    assert d.returncode == 2 and d.stderr.strip().splitlines() == [
+        f"error: run_dir={checkpoint} is a file; pass its run directory (the folder holding checkpoints/), or a sweep "
+        f"directory"]
+
+
+def test_a_short_run_needs_no_warmup_or_evaluation_knob_and_writes_no_empty_log(tmp_path):
+    short = [a for a in TINY if not a.startswith(("train.steps", "train.warmup", "train.eval_every"))]
+    r = cli(*short, "train.steps=20", out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert list(load_runs(tmp_path).step) == list(range(0, 21, 2))  # ten evaluations
+    assert not list(tmp_path.rglob("*.log"))
+
+
+def interrupt(*args: str, out: Path, when: Callable[[], bool]) -> subprocess.CompletedProcess:
+    """Run the train CLI in its own process group and send it Ctrl-C's SIGINT once `when()` holds."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"out_dir={out}"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not when() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
+    stdout, stderr = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
+LONG = [a for a in TINY if not a.startswith("train.steps")] + ["train.steps=1000000"]
+
+
+def test_ctrl_c_during_training_prints_one_line_naming_the_step_and_exits_130(tmp_path):
+    r = interrupt(*LONG, out=tmp_path, when=lambda: any(tmp_path.rglob("resume.pt")))
+    assert r.returncode == 130, r.stderr
+    assert re.fullmatch(r"interrupted at step \d+; rerun the same command to resume", r.stderr.strip()), r.stderr
+
+
+def test_ctrl_c_in_a_joblib_sweep_prints_one_line_and_no_leaked_semaphore_warning(tmp_path):
+    r = interrupt("-m", "hydra/launcher=local_parallel", "seed=0,1", *LONG, out=tmp_path,
+                  when=lambda: len(list(tmp_path.rglob("resume.pt"))) == 2)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "interrupted; rerun the same command to resume"
+
+
+def test_ctrl_c_before_training_starts_leaves_no_stub_run_directory(tmp_path):
+    r = interrupt(*LONG, out=tmp_path, when=lambda: any(tmp_path.rglob("overrides.yaml")))  # Hydra's last file
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip() == "interrupted; rerun the same command to resume"
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_detect_quotes_the_run_directory_for_hydra(tmp_path):

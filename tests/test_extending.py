@@ -4,8 +4,13 @@ detectors."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -26,6 +31,8 @@ from kvshift_lens.core.vocab import N_SPECIAL
 from kvshift_lens.data.tasks.base import check, with_bos
 from kvshift_lens.training.train_config import TrainConfig
 from kvshift_lens.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class EchoKey(LagMixer):
@@ -140,3 +147,121 @@ def test_a_built_in_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="already registered"):
         register_mixer(Impostor)
     assert MIXERS.get("canon").__name__ == "CanonOptions"  # the registry is untouched
+
+
+PLUGIN = '''"""A mixer and a task kept outside the package: `plugins=[toy_plugin]` imports them."""
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from kvshift_lens.core.vocab import N_SPECIAL
+from kvshift_lens.data.tasks.base import Batch, Task, TaskConfig, register_task, with_bos
+from kvshift_lens.models.mixers.base import LagMixer, MixerOptions, register_mixer
+
+
+class Skip2(LagMixer):
+    """k̂_t = k_t + w·k_{t-2}."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(heads, 1))
+
+    def lag_coefficients(self):
+        return torch.stack([torch.ones_like(self.weight), torch.zeros_like(self.weight), self.weight])
+
+    def reset_parameters(self, generator):
+        torch.nn.init.zeros_(self.weight)
+
+
+@register_mixer
+@dataclass
+class Skip2Options(MixerOptions):
+    name: Literal["skip2"] = "skip2"
+
+    def build(self, cfg, layer):
+        return {"k": Skip2(cfg.kv_heads)}
+
+
+class AbaTask(Task):
+    def sample(self, batch_size, generator):
+        body = N_SPECIAL + torch.randint(self.n_content, (batch_size, self.cfg.seq_len - 1), generator=generator)
+        body[:, 2::2] = body[:, 0:1]  # a b a c a ...: every other token repeats the first
+        scored = torch.zeros_like(body, dtype=torch.bool)
+        scored[:, 1:-1:2] = True
+        return with_bos(body, scored)
+
+    @property
+    def chance_accuracy(self):
+        return 1.0 / self.n_content
+
+
+@register_task
+@dataclass
+class AbaConfig(TaskConfig):
+    name: Literal["toy_aba"] = "toy_aba"
+
+    def build(self):
+        return AbaTask(self)
+'''
+TINY_CLI = ["task.d_vocab=16", "task.seq_len=16", "model.d_model=16", "model.n_heads=2", "train.steps=4",
+            "train.eval_size=8", "train.batch_size=4", "train.n_checkpoints=2", "train.threads=1", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def plugin_run(tmp_path_factory):
+    """One CLI run of a mixer and a task defined in a module outside the package, with their yaml on
+    hydra.searchpath; returns (plugin folder, run directory, environment with the folder on PYTHONPATH)."""
+    tmp = tmp_path_factory.mktemp("plugin")
+    (tmp / "toy_plugin.py").write_text(PLUGIN)
+    (tmp / "conf" / "model" / "mixer").mkdir(parents=True)
+    (tmp / "conf" / "task").mkdir()
+    (tmp / "conf" / "model" / "mixer" / "skip2.yaml").write_text("name: skip2\n")
+    (tmp / "conf" / "task" / "toy_aba.yaml").write_text("name: toy_aba\nd_vocab: 16\nseq_len: 16\nseed: ${seed}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp), "HYDRA_FULL_ERROR": "0"}
+    args = ["model/mixer=skip2", "task=toy_aba", f"hydra.searchpath=[file://{tmp / 'conf'}]", *TINY_CLI,
+            f"out_dir={tmp / 'runs'}"]
+    without = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "experiments.train", "plugins=[toy_plugin]", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return tmp, next((tmp / "runs").rglob("metrics.csv")).parent, env, without
+
+
+def test_without_its_plugin_a_user_task_is_unknown_and_the_error_says_how_to_import_it(plugin_run):
+    without = plugin_run[3]
+    assert without.returncode == 2 and without.stderr.strip().splitlines() == [
+        "error: task.name='toy_aba' is not a known task; use one of " + str(TASKS.names())
+        + ", or import the module that registers it (plugins=[my_pkg.my_task])"]
+
+
+def test_plugins_from_the_cli_train_a_user_mixer_and_task_and_detect_scores_them(plugin_run):
+    tmp, run_dir, env, _ = plugin_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["mixer"] == {"name": "skip2"} and config["task"]["name"] == "toy_aba"
+    assert "plugins" not in run_dir.name  # a plugin import does not change the run
+    detect = [sys.executable, "-m", "experiments.detect", str(run_dir), "batch_size=4"]
+    bare = subprocess.run(detect, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert bare.returncode == 2 and "mixer 'skip2' is not registered: import its module or pass plugins=" in bare.stderr
+    assert len(bare.stderr.strip().splitlines()) == 1
+    d = subprocess.run([*detect, "plugins=[toy_plugin]"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert d.returncode == 0, d.stderr
+    assert (run_dir / "heads.csv").exists()
+
+
+def test_loading_a_checkpoint_whose_mixer_is_unregistered_names_the_mixer_and_plugins(plugin_run, monkeypatch):
+    tmp, run_dir, _, _ = plugin_run
+    checkpoint = run_dir / "checkpoints" / "step_0000004.safetensors"
+    with pytest.raises(ValueError, match=r"mixer 'skip2' is not registered: import its module or pass plugins="):
+        load_model(checkpoint)
+    monkeypatch.syspath_prepend(str(tmp))
+    try:
+        model = load_model(checkpoint, plugins=["toy_plugin"])
+        assert "blocks.0.attn.hook_k_mixed" in model.run_with_cache(torch.zeros(1, 5, dtype=torch.long))[1]
+    finally:
+        MIXERS.unregister("skip2")
+        TASKS.unregister("toy_aba")
+        sys.modules.pop("toy_plugin", None)
+    with pytest.raises(ConfigError, match=r"plugins: cannot import 'no_such_plugin'"):
+        load_model(checkpoint, plugins=["no_such_plugin"])

@@ -97,6 +97,13 @@ def shifts(init: list[int], end: list[int], runs: int = 3) -> pd.DataFrame:
 def test_table4_adds_the_papers_diagonal_pattern_against_the_heads_own_init(init, end, outcome):
     f = find_lm_table4(shifts(init, end))
     assert [name for name, _ in f.parts] == [
-        "kvshift 2L llama: training spreads heads over the quadrants",
+        "kvshift 2L llama: training spreads heads over all four quadrants",
         "kvshift 2L llama: training moves heads onto the diagonal quadrants, as in the paper"]
     assert f.parts[-1][1].outcome == outcome and "paper 102/128" in f.numbers[-1]
+
+
+def test_table4_on_the_lm_never_decides_on_a_zero_width_interval_when_no_head_moved():
+    f = find_lm_table4(shifts([2, 1, 1, 2], [2, 1, 1, 2]))  # 6 heads, none changed quadrant
+    spread = dict(f.parts)["kvshift 2L llama: training spreads heads over all four quadrants"]
+    assert spread.outcome == INCONCLUSIVE and "0/6 heads changed quadrant [0.00, 0.46]" in spread.evidence[-1]
+    assert "not testable at this scale" in f.numbers[0]  # 6 heads: expected counts far below 5

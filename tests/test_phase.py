@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,7 +26,7 @@ def curves(cell: dict, seed: int, lr: float, accs: list[float]) -> list[dict]:
              "train.batch_size": 32} for i, a in enumerate(accs)]
 
 
-WIN, FLAT, RISING = [0.1, 0.5, 0.95], [0.1] + [0.2] * 10, [0.1] * 8 + [0.3, 0.5, 0.7]
+WIN, FLAT, RISING = [0.1, 0.5, 0.95], [0.1] + [0.2] * 30, [0.1] * 8 + [0.3, 0.5, 0.7]  # FLAT: 3,000 steps, a long flat tail
 MIXERS = {"kvshift": "kv_shift", "vanilla": "none"}  # derived model.arch -> model.mixer.name
 
 
@@ -84,6 +85,17 @@ def test_tables_and_plots_are_functions_of_the_cells(synthetic):
     for fig in (plots.plot_heatmaps(cells), plots.plot_param_matched(pm),
                 plots.plot_frontiers(phase.frontiers(phase.status(cells)))):
         assert fig.axes
+
+
+def test_tables_hold_only_configurations_that_were_trained_and_medians_censor_seeds_that_never_reach_90(synthetic):
+    cells = phase.cells(phase.tidy_runs(*synthetic))
+    main = cells[cells.seq_len == 8]
+    acc = phase.grid_table(main, "best_induction_acc")
+    assert ("kvshift", 2) not in acc.index and len(acc) == 3  # no all-NaN row for a model never trained
+    assert not phase.trained_cells(main).loc[("vanilla", 1), 4]  # a width not trained for that model: a blank cell
+    km = phase.km_table(main)
+    assert km.loc[("kvshift", 1), 8] == 200  # every seed reached 90 % at step 200
+    assert np.isnan(km.loc[("vanilla", 2), 8])  # no seed reached it: no median, not the median of the successes
 
 
 def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, vocab: int, ctx: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ def curve(run: str, accs: list[float], every: int = 100, **config) -> list[dict]
     return [{"run": run, "step": i * every, "induction_acc": a, **config} for i, a in enumerate(accs)]
 
 
-FLAT = [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]  # plateaued below 0.9
+FLAT = [0.1, 0.2] + [0.3] * 19  # plateaued below 0.9: 2,000 steps, the last 1,000 flat
 RISING = [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.4, 0.6]  # still improving at the end
 WIN = [0.1, 0.5, 0.95]  # reaches 0.9 at step 200 (and stops, as with train.stop_at)
 
@@ -30,16 +30,19 @@ def test_a_run_succeeds_plateaus_or_is_censored():
     out = P.run_outcomes(pd.DataFrame(rows), []).set_index("run")
     assert out.loc["a", "outcome"] == V.SUCCESS and out.loc["a", "steps_to_threshold"] == 200
     assert out.loc["b", "outcome"] == V.FAILURE and out.loc["b", "gain_last"] == pytest.approx(0.0)
+    assert out.loc["b", "projected_gain"] < 0.01
     assert out.loc["c", "outcome"] == V.CENSORED and out.loc["c", "censored"]
     assert math.isnan(out.loc["c", "steps_to_threshold"]) and out.loc["c", "final_step"] == 1000
 
 
-def test_plateau_gain_is_the_running_maximum_over_the_last_fifth_of_the_steps():
-    noisy = [0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.29, 0.305]  # +0.005 in the window: plateaued
-    late = noisy[:-1] + [0.32]  # +0.02: still improving
-    out = P.run_outcomes(pd.DataFrame(curve("n", noisy) + curve("l", late)), []).set_index("run")
+def test_the_plateau_rule_weighs_the_tail_slope_against_the_runs_noise():
+    n = 41  # 2,000 steps, evaluated every 50
+    noise = np.random.default_rng(0).normal(0, 0.002, n)
+    flat = list(0.3 + noise)  # flat within noise: plateaued
+    late = list(0.3 + noise + np.clip(np.arange(n) - 34, 0, None) * 0.005)  # +0.03 over the last 300 steps
+    out = P.run_outcomes(pd.DataFrame(curve("n", flat, 50) + curve("l", late, 50)), []).set_index("run")
     assert out.loc["n", "outcome"] == V.FAILURE and out.loc["l", "outcome"] == V.CENSORED
-    strict = P.run_outcomes(pd.DataFrame(curve("n", noisy)), [], P.Protocol(plateau_gain=0.001))
+    strict = P.run_outcomes(pd.DataFrame(curve("n", flat, 50)), [], P.Protocol(plateau_gain=0.001))
     assert strict.outcome.item() == V.CENSORED
 
 
@@ -77,11 +80,19 @@ def test_a_cell_is_judged_at_its_best_learning_rate():
     assert best.event and best.time == 200
 
 
-def test_without_a_success_the_best_runs_plateau_decides_failure_or_censoring():
+def test_a_cell_seed_fails_only_when_every_learning_rate_plateaued():
     failed = results(cell_rows({"arch": "va", "width": 8}, 0, {lr: FLAT for lr in LRS})).iloc[0]
-    assert failed.outcome == V.FAILURE and not failed.event and failed.time == 1000
+    assert failed.outcome == V.FAILURE and not failed.event and failed.time == 2000
     open_ = results(cell_rows({"arch": "va", "width": 8}, 0, {1e-3: FLAT, 3e-3: RISING, 1e-2: FLAT})).iloc[0]
-    assert open_.outcome == V.CENSORED and open_.lr == 3e-3  # RISING ends highest
+    assert open_.outcome == V.CENSORED and open_.lr == 3e-3
+
+
+def test_a_censored_learning_rate_keeps_the_cell_seed_open_even_below_a_higher_plateau():
+    high_flat = [0.1, 0.5] + [0.6] * 19  # plateaued at 0.6
+    low_rising = RISING  # ends at 0.6 too but still rising; a lower best would not matter either
+    best = results(cell_rows({"arch": "va", "width": 8}, 0, {1e-3: high_flat, 3e-3: [a / 2 for a in low_rising],
+                                                               1e-2: high_flat})).iloc[0]
+    assert best.outcome == V.CENSORED and best.lr == 3e-3
 
 
 def test_lr_grid_violations_flag_too_few_or_too_close_learning_rates():
@@ -121,14 +132,17 @@ def status_table(by_width: dict[int, str], **family) -> pd.DataFrame:
 def test_frontier_statuses():
     S_, F_, C_ = V.SUCCESS, V.FAILURE, V.CENSORED
     cases = {"found": {4: F_, 8: S_, 16: S_}, "upper bound": {4: C_, 8: F_, 16: S_},
-             "censored": {4: F_, 8: C_, 16: F_}, "none": {4: F_, 8: F_, 16: F_}}
+             "censored": {4: F_, 8: C_, 16: F_}, "none": {4: F_, 8: F_, 16: F_}, "grid minimum": {4: S_, 8: S_},
+             "bounded": {4: F_, 8: C_, 16: S_}}
     table = pd.concat([status_table(w, fam=name) for name, w in cases.items()])
     fr = P.frontier(table, ["fam"]).set_index("fam")
     assert fr.loc["found", "frontier"] == 8 and fr.loc["found", "frontier_status"] == P.FOUND
-    assert fr.loc["upper bound", "frontier_status"] == P.UPPER_BOUND and fr.loc["upper bound", "lo"] == 4
+    assert fr.loc["upper bound", "frontier_status"] == P.UPPER_BOUND and fr.loc["upper bound", "lo"] == 0  # below the grid
+    assert fr.loc["bounded", "frontier_status"] == P.UPPER_BOUND and fr.loc["bounded", "lo"] == 8
     assert fr.loc["censored", "frontier_status"] == V.CENSORED and fr.loc["censored", "hi"] == math.inf
     assert fr.loc["none", "frontier_status"] == P.NONE and fr.loc["none", "lo"] > 16
-    assert list(fr.text) == ["≥ 8 (censored)", "8", "> 16", "≤ 16"]
+    assert fr.loc["grid minimum", "frontier_status"] == P.UPPER_BOUND and fr.loc["grid minimum", "lo"] == 0
+    assert list(fr.text) == ["≤ 16", "≥ 8 (censored)", "8", "≤ 4", "> 16", "≤ 16"]
 
 
 @pytest.mark.parametrize("by_length,trend", [
@@ -199,16 +213,61 @@ def test_a_verdict_outside_the_vocabulary_is_rejected():
 # --------------------------------------------------------------------------- statistics
 
 
-def test_mean_interval_is_students_t():
+def test_mean_interval_of_an_unbounded_quantity_is_students_t():
     x = [0.2, 0.5, 0.6, 0.9]
     mean, lo, hi = S.mean_ci(x)
     ref = sps.t.interval(0.95, 3, loc=np.mean(x), scale=sps.sem(x))
     assert (lo, hi) == pytest.approx(ref) and mean == pytest.approx(0.55)
-    assert S.mean_ci([0.4, 0.4]) == (0.4, 0.4, 0.4)
     assert math.isnan(S.mean_ci([0.4])[1]) and math.isnan(S.mean_ci([])[0])
 
 
-def test_a_three_seed_interval_is_wider_than_the_percentile_bootstrap_was():
+def test_identical_values_get_no_interval_rather_than_a_zero_width_one():
+    mean, lo, hi = S.mean_ci([0.4, 0.4, 0.4, 0.4, 0.4, 0.4], bounds=(0, 1))
+    assert mean == pytest.approx(0.4) and math.isnan(lo) and math.isnan(hi)
+    assert V.effect_outcome(lo, hi) == V.INCONCLUSIVE and S.fmt_ci(mean, lo, hi) == "0.40 (no interval)"
+
+
+def test_a_bounded_small_sample_gets_the_exact_sign_flip_interval_inside_its_bounds():
+    three = [0.9, 0.95, 1.0]  # fig8's old t-interval of such values: [0.83, 1.07]
+    assert S.mean_ci(three, bounds=(0, 1))[1:] == (0.0, 1.0)  # 2^3 sign patterns: no 95 % interval narrower
+    six = np.array([0.1, 0.25, 0.3, 0.45, 0.5, 0.7])
+    mean, lo, hi = S.mean_ci(six, bounds=(-1, 1))
+    assert (lo, hi) == (six.min(), six.max())  # k = 1 of 63 subset means from each end: 1 − 2/64 ≥ 95 %
+    bimodal = [1.0, 1.0, -0.1, 1.0, 0.95, -0.05]  # fig1b-like: t would run past 1
+    assert -1 <= S.mean_ci(bimodal, bounds=(-1, 1))[1] and S.mean_ci(bimodal, bounds=(-1, 1))[2] <= 1
+    assert S.interval_method(6, (0, 1)).startswith("exact sign-flip")
+    assert S.interval_method(12, (0, 1)) == "Student-t interval clipped to the bounds"
+
+
+def test_the_sign_flip_interval_inverts_the_exact_sign_flip_test():
+    d = np.array([0.12, -0.03, 0.2, 0.31, 0.07, 0.18, 0.02])
+    _, lo, hi = S.signflip_ci(d, level=0.90)
+    assert S.signflip_test(d, "greater", shift=lo - 1e-9) < 0.05 + 1e-9  # just below lo: rejected at 5 %
+    assert S.signflip_test(d, "greater", shift=lo + 1e-6) > 0.05  # inside: not rejected
+    assert S.signflip_test(d, "less", shift=hi + 1e-9) < 0.05 + 1e-9
+
+
+def test_sign_flip_test_is_exact_and_needs_five_pairs_to_reject_at_five_percent():
+    assert S.signflip_test([0.2, 0.3, 0.1]) == pytest.approx(1 / 8)
+    assert S.signflip_test([0.2, 0.3, 0.1, 0.4, 0.25]) == pytest.approx(1 / 32)
+    assert S.signflip_test([-0.2, -0.3, -0.1, -0.4, -0.25], "less") == pytest.approx(1 / 32)
+    assert math.isnan(S.signflip_test([]))
+
+
+def test_clopper_pearson_interval_is_exact_and_never_zero_width():
+    lo, hi = S.proportion_ci(0, 16, method="exact")
+    assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / 16))
+    assert S.proportion_ci(9, 128, method="exact")[0] > 0.02
+
+
+def test_kaplan_meier_median_counts_runs_that_never_reach_the_threshold_as_censored():
+    # vanilla 2L d16: one seed at 1,950, two never by 2,000 — the old median of successes read 1,950
+    assert math.isnan(S.km_median([1950, 2000, 2000], [True, False, False]))
+    assert S.km_median([100, 200, 300, 2000], [True, True, True, False]) == 200
+    assert math.isnan(S.km_median([2000], [False]))
+
+
+def test_a_three_seed_t_interval_is_wider_than_the_percentile_bootstrap_was():
     # the percentile bootstrap of 3 values takes at most 10 distinct means and under-covers; t does not
     x = np.array([0.1, 0.5, 0.9])
     _, lo, hi = S.mean_ci(x)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, frontier
-from kvshift_lens.report.search import BISECT, GRID, monotonicity_violations, next_width, plan_round
+from kvshift_lens.report.search import GRID, SCAN, monotonicity_violations, next_width, plan_round, searched_frontier
 from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 
 P = Protocol(lr="lr", seed="seed", run="run")
@@ -50,7 +50,7 @@ def outcomes(jobs: pd.DataFrame, truth: dict) -> pd.DataFrame:
                                        "steps_to_threshold", "gain_last", "outcome", "censored"])
 
 
-def search(jobs: pd.DataFrame, truth: dict, mode: str = BISECT) -> tuple[pd.DataFrame, int]:
+def search(jobs: pd.DataFrame, truth: dict, mode: str = SCAN) -> tuple[pd.DataFrame, int]:
     """Run rounds until the plan is empty: (finished runs, number of rounds)."""
     runs, rounds = outcomes(jobs.iloc[:0], truth), 0
     while len(plan := plan_round(jobs, runs, ["fam"], "d", P, mode)):
@@ -66,7 +66,7 @@ def judged(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_bisection_with_success_first_lrs_returns_the_full_grids_frontier_and_cell_outcomes(seed):
+def test_the_width_scan_with_success_first_lrs_returns_the_full_grids_frontier_and_cell_outcomes(seed):
     families = ["a", "b", "c"]
     truth = monotone_truth(random.Random(seed), families)
     jobs = grid_jobs(families)
@@ -80,30 +80,30 @@ def test_bisection_with_success_first_lrs_returns_the_full_grids_frontier_and_ce
     assert len(runs) < len(jobs)
 
 
-def test_the_search_trains_far_fewer_runs_than_the_grid_and_the_grid_mode_trains_all():
+def test_the_search_trains_fewer_runs_than_the_grid_and_the_grid_mode_trains_all():
     families = ["a", "b", "c", "d"]
     truth = monotone_truth(random.Random(1), families)
     jobs = grid_jobs(families)
     runs, _ = search(jobs, truth)
-    assert len(runs) <= 0.6 * len(jobs)
+    assert len(runs) <= 0.8 * len(jobs)
     all_runs, rounds = search(jobs, truth, GRID)
     assert len(all_runs) == len(jobs) and rounds == 1
 
 
-def test_a_failing_family_costs_one_width_at_every_lr_and_seed():
+def test_a_failing_family_costs_every_width_at_every_lr_and_seed():
     truth = {("v", w, x, s): (FAILURE, 0.1) for w, x, s in itertools.product(WIDTHS, LRS, range(3))}
     runs, rounds = search(grid_jobs(["v"]), truth)
-    assert set(runs.d) == {64} and len(runs) == 9 and rounds == 3  # one learning rate per round
+    assert set(runs.d) == set(WIDTHS) and len(runs) == 45 and rounds == 15  # one learning rate per round
     _, front = judged(runs)
     assert front.frontier_status.item() == "none"
 
 
-def test_a_success_at_the_first_lr_decides_the_seed():
+def test_a_success_at_the_narrowest_width_and_first_lr_decides_the_family():
     truth = {("k", w, x, s): (SUCCESS, 0.95) for w, x, s in itertools.product(WIDTHS, LRS, range(3))}
     runs, rounds = search(grid_jobs(["k"]), truth)
-    assert set(runs.lr) == {LRS[0]} and sorted(set(runs.d)) == [4, 8, 64] and rounds == 3  # 64, 8, 4
+    assert set(runs.lr) == {LRS[0]} and set(runs.d) == {4} and rounds == 1
     _, front = judged(runs)
-    assert front.frontier.item() == 4
+    assert front.frontier.item() == 4 and front.text.item() == "≤ 4"  # the grid's narrowest: may lie below
 
 
 def test_an_unfinished_planned_run_is_planned_again():
@@ -116,12 +116,29 @@ def test_an_unfinished_planned_run_is_planned_again():
 
 
 @pytest.mark.parametrize("status,expected", [
-    ({}, 64), ({64: FAILURE}, None), ({64: CENSORED}, 32), ({64: CENSORED, 32: FAILURE}, None),
-    ({64: SUCCESS}, 8), ({64: SUCCESS, 8: SUCCESS}, 4), ({64: SUCCESS, 8: FAILURE}, 16),
-    ({64: SUCCESS, 8: CENSORED, 16: SUCCESS}, 4), ({64: SUCCESS, 8: CENSORED, 16: SUCCESS, 4: CENSORED}, None),
-    ({64: SUCCESS, 8: FAILURE, 16: FAILURE}, 32), ({64: SUCCESS, 4: SUCCESS}, None)])
-def test_next_width_bisects_below_the_narrowest_success_then_walks_down_censored_widths(status, expected):
+    ({}, 4), ({4: FAILURE}, 8), ({4: CENSORED, 8: FAILURE}, 16), ({4: SUCCESS}, None),
+    ({4: FAILURE, 8: SUCCESS}, None), ({4: FAILURE, 8: FAILURE, 16: FAILURE, 32: FAILURE, 64: FAILURE}, None),
+    ({64: SUCCESS}, 4), ({64: SUCCESS, 4: FAILURE, 8: CENSORED, 16: FAILURE}, 32)])
+def test_next_width_is_the_narrowest_undecided_width_below_the_narrowest_success(status, expected):
     assert next_width(WIDTHS, status) == expected
+
+
+def status_frame(by_width: dict) -> pd.DataFrame:
+    return pd.DataFrame({"fam": "a", "d": [float(w) for w in by_width], "status": list(by_width.values())})
+
+
+def test_the_width_scan_returns_the_full_grids_answer_on_all_243_status_patterns_of_five_widths():
+    cols = ["frontier", "frontier_status", "lo", "hi", "text"]
+    visits = []
+    for pattern in itertools.product([SUCCESS, FAILURE, CENSORED], repeat=len(WIDTHS)):
+        full = dict(zip(WIDTHS, pattern))
+        seen: dict = {}
+        while (w := next_width(WIDTHS, seen)) is not None:
+            seen[w] = full[w]
+        got = searched_frontier(status_frame(seen), ["fam"], "d", WIDTHS)[cols]
+        pd.testing.assert_frame_equal(got, frontier(status_frame(full), ["fam"], width="d")[cols], obj=str(pattern))
+        visits.append(len(seen))
+    assert len(visits) == 3 ** 5 and sum(visits) < len(visits) * len(WIDTHS)  # widths above a success are skipped
 
 
 def test_monotonicity_violations_list_failures_above_a_success():
@@ -137,8 +154,6 @@ def test_an_unknown_search_mode_is_refused():
 
 
 def test_searched_frontier_equals_the_protocols_on_a_full_grid():
-    from kvshift_lens.report.search import searched_frontier
-
     truth = monotone_truth(random.Random(7), ["a", "b", "c", "d"])
     cells = cell_results(outcomes(grid_jobs(["a", "b", "c", "d"]), truth), ["fam", "d"], P)
     status = cell_status(cells, ["fam", "d"], P)
@@ -146,16 +161,13 @@ def test_searched_frontier_equals_the_protocols_on_a_full_grid():
 
 
 @pytest.mark.parametrize("seen,kind,lo,hi,text", [
-    ({64: CENSORED, 32: FAILURE}, "censored", 64, float("inf"), "≥ 64 (censored)"),  # settled: 32 fails
-    ({64: CENSORED}, "censored", 4, float("inf"), "≥ 4 (censored)"),  # nothing below 64 known yet
-    ({64: SUCCESS}, "upper bound", 4, 64, "≤ 64"),  # an unfinished bisection
-    ({64: SUCCESS, 8: FAILURE, 16: CENSORED, 32: SUCCESS}, "upper bound", 16, 32, "≤ 32"),
-    ({64: FAILURE}, "none", 64, float("inf"), "> 64")])  # failing at 64 implies failing below
-def test_searched_frontier_counts_untrained_widths_as_undetermined_unless_below_a_failure(seen, kind, lo, hi, text):
-    from kvshift_lens.report.search import searched_frontier
-
-    status = pd.DataFrame({"fam": "a", "d": list(seen), "status": list(seen.values())})
-    row = searched_frontier(status, ["fam"], "d", WIDTHS).iloc[0]
+    ({4: FAILURE, 8: CENSORED}, "censored", 8, float("inf"), "≥ 8 (censored)"),  # 16-64 not trained yet
+    ({64: CENSORED}, "censored", 4, float("inf"), "≥ 4 (censored)"),
+    ({64: SUCCESS}, "upper bound", 0, 64, "≤ 64"),  # an unfinished search: even the narrowest width may succeed
+    ({4: FAILURE, 8: CENSORED, 32: SUCCESS}, "upper bound", 8, 32, "≤ 32"),
+    ({64: FAILURE}, "censored", 4, float("inf"), "≥ 4 (not reached)")])  # nothing is inferred from a failure
+def test_searched_frontier_counts_every_untrained_width_below_the_frontier_as_undetermined(seen, kind, lo, hi, text):
+    row = searched_frontier(status_frame(seen), ["fam"], "d", WIDTHS).iloc[0]
     assert (row.frontier_status, row.lo, row.hi, row.text) == (kind, pytest.approx(lo), hi, text)
 
 

@@ -61,10 +61,11 @@ def test_a_study_reads_exactly_the_runs_of_its_jobs_wherever_they_were_written(t
     from kvshift_lens.training.sweeps import runs_of_jobs
 
     fake_run(tmp_path, "a", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "out_dir=/elsewhere"])
-    fake_run(tmp_path, "b", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "train.steps=5"])  # extra key
+    fake_run(tmp_path, "b", ["model.d_model=8", "train.lr=0.001", "+experiment=x", "model.n_heads=5"])  # extra key
     fake_run(tmp_path, "c", ["model.d_model=16", "train.lr=0.001", "+experiment=x"])
+    fake_run(tmp_path, "d", ["model.d_model=4", "+experiment=x", "train.steps=80"])  # its budget extended (adaptive)
     jobs = [["model.d_model=8", "train.lr=0.001", "+experiment=x"], ["model.d_model=4", "+experiment=x"]]
-    assert [p.name for p in runs_of_jobs(tmp_path, jobs)] == ["a"]
+    assert [p.name for p in runs_of_jobs(tmp_path, jobs)] == ["a", "d"]
     assert runs_of_jobs(tmp_path / "missing", jobs) == []
 
 

@@ -33,6 +33,27 @@ def test_warmup_is_linear_then_constant():
     assert [lr_at(s, cfg) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
 
 
+@pytest.mark.parametrize("steps,warmup,eval_every", [(3000, 50, 50), (300, 50, 50), (51, 50, 50), (50, 5, 50),
+                                                     (20, 2, 2), (5, 0, 1)])
+def test_the_default_warmup_and_evaluation_interval_are_50_steps_or_a_tenth_of_a_run_too_short_for_that(
+        steps, warmup, eval_every):
+    cfg = TrainConfig(steps=steps)  # runs that were valid before keep the warmup and evaluations they always had
+    assert (cfg.warmup, cfg.eval_every) == (warmup, eval_every)
+    cfg.validate()
+
+
+def test_a_short_run_trains_with_the_default_warmup_and_records_the_steps_used(tmp_path):
+    from kvshift_lens.training.run_config import compose
+
+    run = compose(["train.steps=20"])
+    assert run.train.warmup == 2 and compose([]).train.warmup == 50
+    with pytest.raises(ConfigError, match=r"train\.warmup=20 must be < train\.steps=20"):
+        compose(["train.steps=20", "train.warmup=20"])  # an explicit warmup is still checked
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=20, warmup=None, eval_every=None), tmp_path, progress=False)
+    assert {k: v for k, v in json.loads((tmp_path / "config.json").read_text())["train"].items()
+            if k in ("warmup", "eval_every")} == {"warmup": 2, "eval_every": 2}
+
+
 def test_cosine_decays_to_floor():
     cfg = TrainConfig(lr=1e-3, warmup=0, steps=100, schedule="cosine", min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(1e-3)
@@ -178,6 +199,22 @@ def test_non_finite_loss_stops_the_run_at_that_step_and_keeps_its_metrics(tmp_pa
     assert last > 0 and all(map(math.isfinite, metrics.train_loss.iloc[1:]))  # it stopped at the first non-finite loss
     for ckpt in (tmp_path / "checkpoints").iterdir():  # nothing non-finite was saved
         assert all(t.isfinite().all() for t in load_model(ckpt).state_dict().values())
+
+
+def test_step_0_leaves_the_train_loss_cell_empty_and_readers_see_nan(tmp_path):
+    from kvshift_lens.training.runs import load_runs
+
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].startswith("0,,")  # no training loss before a step
+    metrics = load_runs(tmp_path)
+    assert math.isnan(metrics.train_loss.iloc[0]) and metrics.train_loss.iloc[1:].notna().all()
+
+
+def test_loading_a_resume_state_as_a_model_says_what_it_is_and_which_file_to_load(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"is a resume state .*not a model checkpoint: load a model with "
+                                         r"load_model\('.*step_0000004\.safetensors'\)"):
+        load_model(tmp_path / "resume.pt")
 
 
 def test_finished_run_summary_says_completed(tmp_path):

@@ -16,13 +16,15 @@ drops duplicate jobs, and hands the whole list to the launcher at once (the expa
           deep: {model.n_layers: "3", model.d_model: "32"}
         only: null          # or a list of grid names to run a subset
         description: ...    # what the study runs (reports quote it)
-        search: grid        # how a study picks its runs: grid (all) | bisect (kvshift_lens.report.search)
+        search: grid        # how a study picks its runs: grid (all) | scan (kvshift_lens.report.search)
         select: null        # or a YAML file listing jobs (override lists): run only those of the grids' jobs
+        seed_offset: 0      # every job on seed + K (a study's replication on fresh seeds)
 
 Jobs run in grid order, so put the grids whose results matter most first. `select` is how a study
 that decides its next runs from the finished ones (`kvshift_lens.report.search`) launches one round:
-the file holds a subset of the expanded jobs (`kvshift_lens.training.sweeps.write_selection`); a listed job
-that is not one of them is an error.
+the file holds a subset of the expanded jobs (`kvshift_lens.training.sweeps.write_selection`), or such a job at
+another budget or learning rate (an adaptive round, `kvshift_lens.report.adaptive`); a listed job that is
+neither is an error.
 """
 
 from dataclasses import dataclass, field
@@ -45,8 +47,9 @@ class GridUnionSweeperConf:
     grids: Dict[str, Any] = field(default_factory=dict)  # name -> {key: "v1,v2" sweep string}
     only: Optional[List[str]] = None  # run these grids only (default: all)
     description: str = ""  # what the study runs, one paragraph (reports quote it; the sweeper ignores it)
-    search: str = "grid"  # how a study picks its runs: grid | bisect (kvshift_lens.report.search; the sweeper ignores it)
+    search: str = "grid"  # how a study picks its runs: grid | scan (kvshift_lens.report.search; the sweeper ignores it)
     select: Optional[str] = None  # YAML file of jobs to run, a subset of the grids' jobs (default: all)
+    seed_offset: int = 0  # every job's seed s runs as s + seed_offset (replication on fresh seeds)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grids", node=GridUnionSweeperConf, provider="kvshift_lens")
@@ -57,9 +60,10 @@ class GridUnionSweeper(BasicSweeper):
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
                  grids: Optional[Dict[str, Dict[str, str]]] = None, only: Optional[List[str]] = None,
-                 description: str = "", search: str = "grid", select: Optional[str] = None) -> None:
+                 description: str = "", search: str = "grid", select: Optional[str] = None,
+                 seed_offset: int = 0) -> None:
         super().__init__(max_batch_size, params)
-        self.select = select
+        self.select, self.seed_offset = select, seed_offset
         self.grids = {name: dict(grid or {}) for name, grid in (grids or {}).items()}
         unknown = sorted(set(only or ()) - set(self.grids))
         if unknown:
@@ -71,7 +75,7 @@ class GridUnionSweeper(BasicSweeper):
         if not self.grids:
             return BasicSweeper.split_arguments(overrides, max_batch_size)
         n_params = len(self.params)  # `overrides` = shared params, then the command line (BasicSweeper.sweep)
-        jobs = grid_jobs(self.grids, overrides[:n_params], overrides[n_params:], self.only)
+        jobs = grid_jobs(self.grids, overrides[:n_params], overrides[n_params:], self.only, self.seed_offset)
         if self.select:
             try:
                 jobs = select_jobs(jobs, Path(self.select))

@@ -10,3 +10,11 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(ValueError):
     """The training loss became non-finite; the run stopped at that step (its metrics so far are kept)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `step` is the last optimizer step taken (a rerun resumes from its resume state)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume")
+        self.step = step

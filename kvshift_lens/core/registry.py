@@ -3,13 +3,14 @@
 A *tagged* dataclass base (`MixerOptions`, `TaskConfig`) carries a `registry` class attribute; a
 field annotated with it, or `kvshift_lens.core.schema.build(Base, data)`, picks the registered subclass
 named by `data["name"]` (`resolve`). A bare string stands for "that name with default options".
-Torch-free.
+`import_plugins` imports the user's modules that register their own (`plugins=[my_pkg.my_mixer]`). Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Generic, Mapping, Optional, Type, TypeVar
+import importlib
+from typing import Any, Generic, Mapping, Optional, Sequence, Type, TypeVar
 
 from kvshift_lens.core.errors import ConfigError
 
@@ -40,7 +41,8 @@ class Registry(Generic[T]):
     def get(self, name: Any) -> type:
         """The class registered as `name`, or a one-line `ConfigError` listing the valid names."""
         if name not in self._classes:
-            raise ConfigError(f"{self.group}.name={name!r} is not a known {self.kind}; use one of {self.names()}")
+            raise ConfigError(f"{self.group}.name={name!r} is not a known {self.kind}; use one of {self.names()}, "
+                              f"or import the module that registers it (plugins=[my_pkg.my_{self.kind}])")
         return self._classes[name]
 
     def names(self) -> list[str]:
@@ -68,3 +70,13 @@ def resolve(cls: type, data: Any, group: str) -> tuple[type, dict]:
             raise ConfigError(f"{group}.name={name!r} is a {registry.kind} but not a {cls.__name__}")
         cls = concrete
     return cls, data
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import each module (dotted name) so the mixers and tasks it registers exist before a config names them."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plugins: cannot import {name!r} ({e}); put its folder on PYTHONPATH "
+                              f"(or pip install it) and give its dotted module name") from None

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -20,13 +20,16 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from transformer_lens import TransformerBridge
 
+from kvshift_lens.core.registry import import_plugins
 from kvshift_lens.models.transformer import Model, bare_module, bare_state_dict, build_module, model_config, to_bridge
-from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.models.config import ModelConfig, upgrade_legacy
+from kvshift_lens.models.mixers.base import MIXERS
 from kvshift_lens.models.vocab_tokenizer import tokenizer_from_json, tokenizer_to_json
 
 CHECKPOINT_FORMAT = "kvshift_lens.model/2"
 UNCHECKED_FORMATS = ("kvshift_lens.model/1",)  # written before checksums; still loads
 PathLike = Union[str, Path]
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save files (the trainer's resume.pt) are zip archives
 
 
 def state_sha256(state: Any) -> str:
@@ -86,16 +89,25 @@ def read_checkpoint(path: PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model checkpoint at {path}: check the path (files are *.safetensors)")
+    raw = path.read_bytes()
+    if raw[:4] == ZIP_MAGIC:
+        raise ValueError(not_a_model(path))
     try:
-        raw = path.read_bytes()
         tensors = load_bytes(raw)
         meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")]).get("__metadata__") or {}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors checkpoint ({e}); it is corrupt or "
                          f"not a kvshift_lens model: re-save it with kvshift_lens.save_model") from None
     if meta.get("format") not in (CHECKPOINT_FORMAT, *UNCHECKED_FORMATS):
         raise ValueError(f"{path} is a safetensors file but not a kvshift_lens model "
                          f"(format={meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    try:
+        mixer = unregistered_mixer(json.loads(meta["config"]))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        mixer = None  # reported below, as an unreadable config
+    if mixer is not None:
+        raise ValueError(f"{path}: mixer {mixer!r} is not registered: import its module or pass "
+                         f"plugins=['<its module>'] (load_model, experiments.train/detect)")
     try:
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, TypeError) as e:  # ConfigError and JSONDecodeError are ValueErrors
@@ -107,8 +119,26 @@ def read_checkpoint(path: PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor
     return cfg, tensors, meta
 
 
-def load_model(path: PathLike, device: Union[str, torch.device, None] = None) -> TransformerBridge:
-    """Rebuild the bridge saved by `save_model`: bit-identical weights, its tokenizer attached."""
+def not_a_model(path: Path) -> str:
+    """Why a torch.save file (the trainer's resume.pt) is not a model checkpoint, and which file to load instead."""
+    saved = sorted((path.parent / "checkpoints").glob("step_*.safetensors"))
+    instead = f"load_model('{saved[-1]}')" if saved else "load_model('<run dir>/checkpoints/step_*.safetensors')"
+    what = "a resume state (the trainer's model + optimizer state)" if path.name == "resume.pt" else "a torch.save file"
+    return f"{path} is {what}, not a model checkpoint: load a model with {instead}"
+
+
+def unregistered_mixer(config: Mapping[str, Any]) -> Optional[str]:
+    """The mixer name of a saved model config when no module has registered it (else None)."""
+    mixer = upgrade_legacy(dict(config)).get("mixer", {"name": "kv_shift"})
+    name = mixer if isinstance(mixer, str) else mixer.get("name")
+    return name if isinstance(name, str) and name not in MIXERS else None
+
+
+def load_model(path: PathLike, device: Union[str, torch.device, None] = None,
+               plugins: Sequence[str] = ()) -> TransformerBridge:
+    """Rebuild the bridge saved by `save_model`: bit-identical weights, its tokenizer attached. `plugins`:
+    modules to import first, e.g. the one registering the checkpoint's own mixer (`["my_pkg.my_mixer"]`)."""
+    import_plugins(plugins)
     cfg, tensors, meta = read_checkpoint(path)
     module = build_module(cfg)
     try:

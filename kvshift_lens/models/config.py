@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from kvshift_lens.core.errors import ConfigError
 from kvshift_lens.models.mixers.base import MIXERS, MixerOptions
@@ -46,6 +48,29 @@ def upgrade_legacy(data: dict) -> dict:
         raise ConfigError(f"model.arch={arch!r} (legacy field) is not supported; choose a mixer instead: "
                           f"model/mixer=<one of {MIXERS.names()}> (none = vanilla)")
     return data
+
+
+def legacy_replacement(mixer: dict) -> str:
+    """How to write an upgraded legacy mixer today, in Python and on the command line."""
+    options = " ".join(f"model.mixer.{k}={v}" for k, v in mixer.items() if k != "name")
+    return f"ModelConfig(mixer={mixer!r}) (command line: model/mixer={mixer['name']} {options})".replace(" )", ")")
+
+
+def _accepting_legacy_fields(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap `ModelConfig.__init__` so the pre-mixer keywords (`arch`, `shift`, `shift_param`, `shift_window`)
+    still construct, upgraded by `upgrade_legacy` as config files are, with a DeprecationWarning naming the
+    replacement."""
+
+    @functools.wraps(init)
+    def __init__(self: "ModelConfig", *args: Any, **kwargs: Any) -> None:
+        legacy = [k for k in LEGACY_FIELDS if k in kwargs]
+        if legacy:
+            kwargs = upgrade_legacy(kwargs)
+            warnings.warn(f"ModelConfig({', '.join(f'{k}=...' for k in legacy)}) is deprecated: use "
+                          f"{legacy_replacement(kwargs['mixer'])}", DeprecationWarning, stacklevel=2)
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 def _default_mixer() -> MixerOptions:
@@ -160,3 +185,6 @@ class ModelConfig:
             default_prepend_bos=True,  # string inputs (tokenizer tools) start with [BOS], like the tasks
             seed=self.seed,
         )
+
+
+ModelConfig.__init__ = _accepting_legacy_fields(ModelConfig.__init__)  # type: ignore[method-assign]

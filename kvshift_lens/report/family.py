@@ -21,6 +21,7 @@ import pandas as pd
 from kvshift_lens.training import provenance, sweeps
 from kvshift_lens.training.runs import run_status
 from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.report.claims import EXPECTATIONS, plateau_text
 from kvshift_lens.report.protocol import Protocol, cell_results, cell_status, lr_grid_violations, run_outcomes
 from kvshift_lens.report.search import monotonicity_violations, searched_frontier
 from kvshift_lens.report.verdicts import (
@@ -77,7 +78,8 @@ def failed_jobs(sweep_dir: Path, jobs: pd.DataFrame) -> pd.Index:
 
 def finished_curves(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
     """Learning curves (metrics.csv rows) of the finished runs of `jobs` (completed, or diverged: a failure the
-    protocol counts) under `sweep_dir`, with the job's keys, `run` (relative path), `status`, `chance`, `budget`."""
+    protocol counts) under `sweep_dir`, with the job's keys, `run` (relative path), `status`, `chance`, `budget` and
+    `train.eval_size` (the plateau rule's noise floor)."""
     frames = []
     for run_dir, st in job_runs(sweep_dir, jobs).items():
         if st not in ("completed", "diverged"):
@@ -86,9 +88,10 @@ def finished_curves(sweep_dir: Path, jobs: pd.DataFrame) -> pd.DataFrame:
         curve = pd.read_csv(run_dir / "metrics.csv")
         keys = _keys(parse_overrides(sweeps.job_overrides(run_dir)))
         frames.append(curve.assign(run=str(run_dir.relative_to(sweep_dir)), status=st, chance=summary["chance_accuracy"],
-                                   budget=summary["config"]["train"]["steps"], **keys))
-    columns = ["run", "status", *FAMILY, WIDTH, PROTOCOL.lr, PROTOCOL.seed, "arm", "chance", "budget", "step",
-               "induction_acc", "train_seconds"]
+                                   budget=summary["config"]["train"]["steps"],
+                                   **{PROTOCOL.eval_size: summary["config"]["train"]["eval_size"]}, **keys))
+    columns = ["run", "status", *FAMILY, WIDTH, PROTOCOL.lr, PROTOCOL.seed, "arm", "chance", "budget",
+               PROTOCOL.eval_size, "step", "induction_acc", "train_seconds"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
@@ -100,11 +103,11 @@ def _reach(model_json: str) -> tuple[int, int]:
     return reach["k"], reach["v"]
 
 
-def run_table(curves: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
+def run_table(curves: pd.DataFrame, sweep_dir: Path, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
     """One row per finished run: keys, protocol outcome (`run_outcomes`), `chance`, `budget`, `train_seconds`, and
     how far back the key and the value read through the mixers (`key_reach`, `value_reach`; models.mixer_reach)."""
-    keys = [*FAMILY, WIDTH, PROTOCOL.lr, PROTOCOL.seed, "arm", "chance", "budget"]
-    runs = run_outcomes(curves, keys, PROTOCOL)
+    keys = [*FAMILY, WIDTH, protocol.lr, protocol.seed, "arm", "chance", "budget"]
+    runs = run_outcomes(curves, keys, protocol)
     seconds = curves.sort_values("step").groupby("run")["train_seconds"].last()
     reach = [_reach(json.dumps(json.loads((sweep_dir / r / "config.json").read_text())["model"], sort_keys=True))
              for r in runs["run"]]
@@ -119,25 +122,25 @@ def typed(table: pd.DataFrame) -> pd.DataFrame:
                            PROTOCOL.seed: table[PROTOCOL.seed].astype(int)})
 
 
-def cells(runs: pd.DataFrame) -> pd.DataFrame:
+def cells(runs: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
     """Per cell (family × width) and seed, the best learning rate's run (`protocol.cell_results`)."""
-    best = cell_results(runs, [*FAMILY, WIDTH], PROTOCOL)
+    best = cell_results(runs, [*FAMILY, WIDTH], protocol)
     extra = runs.groupby([*FAMILY, WIDTH], dropna=False)[["arm", "chance", "key_reach", "value_reach"]].first()
     return best.join(extra, on=[*FAMILY, WIDTH])
 
 
-def status(cell_table: pd.DataFrame) -> pd.DataFrame:
+def status(cell_table: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
     """Per cell: seeds succeeding / failing / censored at their best lr, and the cell's status."""
-    return cell_status(cell_table, [*FAMILY, WIDTH], PROTOCOL)
+    return cell_status(cell_table, [*FAMILY, WIDTH], protocol)
 
 
-def families(cell_table: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
+def families(cell_table: pd.DataFrame, grid: Sequence[float], protocol: Protocol = PROTOCOL) -> pd.DataFrame:
     """One row per family: `arm`, reach, frontier over the width `grid` (`search.searched_frontier`: frontier,
     frontier_status, lo, hi, text),
     the widest width trained with its seeds' outcomes and mean best accuracy, and the rule inputs `learns`
     (`verdicts.learns_outcome` at the frontier, or at the widest width when there is none) and `cannot_learn`
     (`verdicts.cannot_learn_outcome` at the widest width)."""
-    front = searched_frontier(status(cell_table), FAMILY, WIDTH, grid)
+    front = searched_frontier(status(cell_table, protocol), FAMILY, WIDTH, grid)
     rows = []
     for key, g in cell_table.groupby(FAMILY, sort=False, dropna=False):
         f = front[(front[FAMILY] == pd.Series(dict(zip(FAMILY, key)))).all(axis=1)].iloc[0]
@@ -150,7 +153,8 @@ def families(cell_table: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
                      "widths": ",".join(str(int(w)) for w in sorted(g[WIDTH].unique())),
                      "widest": int(widest[WIDTH].iloc[0]), "widest_outcomes": outcomes_text(outcomes),
                      "widest_best_acc": float(widest["best"].mean()),
-                     "learns": learns_outcome(list(at["outcome"])), "cannot_learn": cannot_learn_outcome(outcomes)})
+                     "learns": learns_outcome(list(at["outcome"]), protocol.quorum),
+                     "cannot_learn": cannot_learn_outcome(outcomes)})
     return pd.DataFrame(rows)
 
 
@@ -192,10 +196,13 @@ def key_mixing_verdict(fam: pd.DataFrame, task: str) -> Verdict:
 
 
 def value_only_verdict(fam: pd.DataFrame, task: str) -> Verdict:
-    """"Mixing only the values does not give one-layer <task>."""
+    """"Mixing only the values does not give one-layer <task>" — `claims.EXPECTATIONS["value_only"]`, the same
+    expectation fig8's value-only shift is judged against."""
+    expectation = EXPECTATIONS["value_only"]
     rule = ("every one-layer mixer that mixes values but not keys (mixer_reach k = 0, v ≥ 1) fails at the widest width "
-            "(all seeds plateau below 90 %); not reproduced if any seed succeeds")
-    baseline = f"positive control: {PAPER} (keys and values) succeeds with the same budget at some width"
+            "(all seeds plateau below the threshold); not reproduced if any seed succeeds")
+    baseline = (f"expectation: {expectation.text} ({expectation.source}); positive control: {PAPER} (keys and values) "
+                "succeeds with the same budget at some width")
     rows = fam[(fam["task"] == task) & (fam["model.n_layers"].astype(int) == 1) & (fam["key_reach"] == 0)
                & (fam["value_reach"] > 0)]
     control = _one(fam, task, PAPER)
@@ -274,7 +281,7 @@ def mechanism_verdict(heads: pd.DataFrame, task: str) -> Verdict:
 
 CLAIMS = {
     "key": "Every mixer that puts an earlier token into the key gives one-layer {task}; one vanilla layer does not.",
-    "value": "Mixing only the values does not give one-layer {task}.",
+    "value": "Mixing only the values does not give one-layer {task} (the expectation fig8's value-only shift is judged by).",
     "control": "One vanilla layer recalls from stacked key-value tokens but not from MQAR's separate key and value tokens.",
     "special": "KV shift needs less width for {task} than every other key-mixing mixer.",
     "depth": "One mixing layer needs no more width for {task} than two vanilla layers.",
@@ -294,6 +301,14 @@ def verdicts(fam: pd.DataFrame, heads: pd.DataFrame) -> list[tuple[str, Verdict]
                 (CLAIMS["depth"].format(task=task), depth_verdict(fam, task)),
                 (CLAIMS["mechanism"].format(task=task), mechanism_verdict(heads, task))]
     return out
+
+
+def judge(curves: pd.DataFrame, sweep_dir: Path, grid: Sequence[float], heads: pd.DataFrame,
+          protocol: Protocol = PROTOCOL) -> dict[str, Verdict]:
+    """Every verdict of the study (`verdicts`, by claim) from its learning curves under `protocol`: what
+    `report.robustness` recomputes (the mechanism verdicts read `heads`, which no threshold changes)."""
+    cell_table = cells(typed(run_table(curves, sweep_dir, protocol)), protocol)
+    return dict(verdicts(families(cell_table, grid, protocol), heads))
 
 
 # --------------------------------------------------------------------------- mechanism of the solving heads
@@ -406,17 +421,21 @@ def protocol_checks(cell_table: pd.DataFrame) -> list[str]:
              + "."]
     odd = monotonicity_violations(status(cell_table), FAMILY, WIDTH)
     odd = odd.merge(cell_table[[*FAMILY, "arm"]].drop_duplicates(), on=FAMILY)
-    lines.append("Success was monotone in width wherever the search looked (bisection assumes it)." if odd.empty else
+    lines.append("Success was monotone in width wherever the search looked (the width scan does not assume it)." if odd.empty else
                  "**Not monotone in width** (a failing cell above a succeeding one; the frontier is the narrowest success "
                  "found): " + "; ".join(f"{r.task} {r.arm} d_model {r[WIDTH]}" for _, r in odd.iterrows()) + ".")
     return lines
 
 
 def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.DataFrame, heads: pd.DataFrame,
-             record: dict, paths: dict[str, Path]) -> list[str]:
-    """The REPORT.md section of the study: setup, protocol and search, verdicts with rules and baselines, the
-    family table, outcomes per width and the figure; every number comes from the tables."""
+             record: dict, paths: dict[str, Path], fragile: Optional[pd.DataFrame] = None) -> list[str]:
+    """The REPORT.md section of the study: setup, protocol and search, verdicts with rules and baselines (marked
+    fragile where `fragile`, a `report.robustness` table, says so), the family table, outcomes per width and the
+    figure; every number comes from the tables."""
     from kvshift_lens.report.markdown import md_table
+    from kvshift_lens.report.robustness import label
+
+    flags = {} if fragile is None else dict(zip(fragile["verdict"], fragile["fragile"]))
 
     lrs = sorted(runs[PROTOCOL.lr].unique())
     core_min = float(runs["train_seconds"].sum()) / 60
@@ -427,12 +446,13 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         f"Training compute {core_min:.1f} core-minutes (sum of per-run train seconds, 1 thread each); "
         f"{provenance.wall_text(record)}; `{paths['provenance'].name}` has the commit, grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`): a run *succeeds* when held-out accuracy at the scored positions "
-        f"reaches {PROTOCOL.threshold:.0%} (it stops there), *fails* when it plateaued below (no gain > "
-        f"{PROTOCOL.plateau_gain} of its running best over the last {PROTOCOL.plateau_window:.0%} of its steps), else it "
-        "is *censored* and never counted as a failure. A cell (task, mixer, layers, d_model) and seed is judged at its "
-        f"best learning rate ({', '.join(f'{x:g}' for x in lrs)}); a cell succeeds when ≥ 2/3 of seeds do; the "
-        "frontier is the smallest succeeding d_model. **Search** (`kvshift_lens/report/search.py`): per family the "
-        "widest d_model first, then bisection towards the frontier; per cell-seed the learning rates in the listed "
+        f"reaches {PROTOCOL.threshold:.0%} (it stops there), *fails* when it plateaued below ({plateau_text(PROTOCOL)}; "
+        "`kvshift_lens/report/run_labels.py`), else it is *censored* and never counted as a failure. A cell (task, "
+        "mixer, layers, d_model) and seed succeeds if any learning rate "
+        f"({', '.join(f'{x:g}' for x in lrs)}) does, is censored if any is, else failed; a cell succeeds when ≥ 2/3 of "
+        "seeds do; the frontier is the smallest succeeding d_model (\"≤\" at the narrowest width tried). **Search** "
+        "(`kvshift_lens/report/search.py`): per family the widths from the narrowest up until one succeeds (the full "
+        "grid's frontier on every status pattern); per cell-seed the learning rates in the listed "
         "order until one succeeds (the protocol's outcome needs no more), so failures cost every rate, successes one. "
         "Mixers are labelled by how far back their key and value read (`models.mixer_reach`, `reach` below).", "",
         "**Mechanism** of every solving one-layer run (best lr, at the frontier and widest d_model; "
@@ -447,9 +467,12 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         "`induction score [BOS] r r` is the unchanged detector (TL/ARENA) on repeated random tokens.", "",
         *protocol_checks(cell_table), "",
         "### Verdicts", "",
+        "A verdict marked *fragile* changes when the success threshold is 0.85 or 0.95 or the plateau gain is halved "
+        "or doubled (`kvshift_lens/report/robustness.py`); it counts as inconclusive.", "",
     ]
     for claim, v in verdicts(fam, heads):
-        lines.append(f"- {claim} **Verdict: {v.label}.** Rule: {v.rule}. Baseline: {v.baseline}. "
+        lines.append(f"- {claim} **Verdict: {label(v, bool(flags.get(claim, False)))}.** Rule: {v.rule}. "
+                     f"Baseline: {v.baseline}. "
                      + ("Evidence: " + "; ".join(v.evidence) + "." if v.evidence else ""))
     lines += ["", "### The family table", "", md_table(family_table(fam, heads), ".2f"), "",
               f"![family]({paths['png'].name})", "",

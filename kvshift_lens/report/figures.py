@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kvshift_lens.report.phase import grid_table
+from kvshift_lens.report.phase import grid_table, km_table, trained_cells
 from kvshift_lens.report.stats import group_mean_ci
 from kvshift_lens.report.tables import QUADRANTS, final_rows
 
@@ -99,10 +99,14 @@ def plot_lr_curves(table: pd.DataFrame, title: str, by: str = "label", panel: st
 
 
 def _heatmap(ax: plt.Axes, table: pd.DataFrame, title: str, fmt: str, cmap: str, vmin: Optional[float] = None,
-             vmax: Optional[float] = None, nan_text: str = "") -> None:
+             vmax: Optional[float] = None, nan_text: str = "", trained: Optional[pd.DataFrame] = None) -> None:
+    """One annotated heatmap; a cell that was never trained (`trained` False) is left white and unlabelled, a trained
+    cell without a value is grey with `nan_text`."""
     values = table.to_numpy(dtype=float)
+    seen = np.ones(values.shape, dtype=bool) if trained is None else trained.reindex_like(table).fillna(False).to_numpy(bool)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_facecolor("0.85")
+    ax.imshow(np.where(np.isnan(values) & seen, 0.85, np.nan), cmap="gray", vmin=0, vmax=1, aspect="auto")
+    ax.set_facecolor("white")
     ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
     ax.set_yticks(range(table.shape[0]), [" ".join(f"{v}" for v in (i if isinstance(i, tuple) else (i,)))
                                           for i in table.index])
@@ -110,6 +114,8 @@ def _heatmap(ax: plt.Axes, table: pd.DataFrame, title: str, fmt: str, cmap: str,
     ax.set_ylabel(" / ".join(str(n) for n in table.index.names))
     ax.set_title(title, fontsize=10)
     for (r, c), v in np.ndenumerate(values):
+        if not seen[r, c]:
+            continue
         rgb = im.cmap(im.norm(v))[:3] if v == v else (1.0, 1.0, 1.0)
         dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.5
         ax.text(c, r, nan_text if v != v else format(v, fmt), ha="center", va="center", fontsize=8,
@@ -118,13 +124,16 @@ def _heatmap(ax: plt.Axes, table: pd.DataFrame, title: str, fmt: str, cmap: str,
 
 
 def plot_heatmaps(cell_table: pd.DataFrame, title: str = "") -> Figure:
-    """Two heatmaps over (arch, depth) × d_model at each seed's best learning rate: mean best accuracy, and
-    median steps to 90 % over the seeds that reached it (grey: none)."""
+    """Two heatmaps over the trained (arch, depth) × d_model cells at each seed's best learning rate: mean best
+    accuracy, and the Kaplan–Meier median steps to 90 % (seeds that never reach it censored; "—": fewer than half
+    reached it). Never-trained cells stay blank."""
     acc = grid_table(cell_table, "best_induction_acc")
-    steps = grid_table(cell_table, "steps_to_90", agg="median").reindex(index=acc.index, columns=acc.columns)
+    trained = trained_cells(cell_table).reindex(index=acc.index, columns=acc.columns)
+    steps = km_table(cell_table).reindex(index=acc.index, columns=acc.columns)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(acc) + 2), constrained_layout=True)
-    _heatmap(axes[0], acc, "best-lr accuracy (mean over seeds)", ".2f", "viridis", 0.0, 1.0)
-    _heatmap(axes[1], steps, "steps to 90% at the best lr (median)", ".0f", "magma_r", nan_text="—")
+    _heatmap(axes[0], acc, "best-lr accuracy (mean over seeds)", ".2f", "viridis", 0.0, 1.0, trained=trained)
+    _heatmap(axes[1], steps, "steps to 90% at the best lr (Kaplan–Meier median)", ".0f", "magma_r", nan_text="—",
+             trained=trained)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig

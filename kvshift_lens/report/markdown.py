@@ -6,11 +6,12 @@ import argparse
 import re
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import pandas as pd
 
 from kvshift_lens.report.claims import Finding
+from kvshift_lens.report.multiplicity import count_table, fmt_adjusted
 from kvshift_lens.training import provenance, sweeps
 
 
@@ -29,13 +30,24 @@ def finding_section(name: str, f: Finding, image: str = "") -> list[str]:
     lines = ["", f"## {name}", "", f"**Paper's claim.** {f.claim}", "", f"**Our setup.** {f.setup}", "",
              "**Our numbers.**", "", *[f"- {n}" for n in f.numbers], "", verdict_line(f)]
     if f.parts:
-        lines += ["", "| part | verdict | rule | baseline | evidence |", "|---|---|---|---|---|"]
-        lines += [f"| {name_} | {v.label} | {v.rule} | {v.baseline} | {'; '.join(v.evidence)} |" for name_, v in f.parts]
+        lines += ["", f"Family of tests (Holm): the parts of {name}; a part's p is its test in the claimed direction.",
+                  "", "| part | verdict | p (Holm-adjusted) | rule | baseline | evidence |", "|---|---|---|---|---|---|"]
+        lines += [f"| {name_} | {v.label} | {fmt_adjusted(v)} | {v.rule} | {v.baseline} | {'; '.join(v.evidence)} |"
+                  for name_, v in f.parts]
     elif f.verdict.evidence:
         lines += ["", "Evidence: " + "; ".join(f.verdict.evidence) + "."]
     if f.notes:
         lines += ["", *f.notes]
     return lines + ([f"", f"![{name}]({image})"] if image else [])
+
+
+def verdict_counts(findings: Mapping[str, Finding], fragile: Optional[Mapping[str, bool]] = None) -> list[str]:
+    """Lines of the summary's count table: verdicts before and after Holm's adjustment (and with fragile verdicts
+    counted as inconclusive, when `fragile` from `report.robustness` is given)."""
+    table = count_table({n: f.verdict for n, f in findings.items()}, fragile)
+    return ["Verdict counts before and after Holm's adjustment within each claim's family of tests"
+            + (", and with verdicts that change under the robustness variants (fragile) counted as inconclusive:"
+               if fragile is not None else ":"), "", md_table(table)]
 
 
 def spliced_sections(report: Path) -> dict[str, str]:

@@ -4,7 +4,9 @@ Built on the capacity protocol (`report.protocol`): every (arch, depth, width, h
 is trained per seed at >= 3 learning rates, judged at its best one, and a run that is still
 improving when its budget ends is censored, never a failure. Tables here are functions of the
 per-run frame `tidy_runs(curves)`; the verdicts (`depth_verdict`, `width_verdict`) state their rule
-and baseline and are unit-tested on synthetic frames for every outcome.
+and baseline and are unit-tested on synthetic frames for every outcome. `judge(curves, protocol)` recomputes
+every verdict from the learning curves under another protocol (`report.robustness`); tables and heatmaps
+hold only the configurations that were trained.
 """
 
 from __future__ import annotations
@@ -23,18 +25,19 @@ from kvshift_lens.report.protocol import (
     FOUND, GROWS, SHRINKS, UNDETERMINED, FLAT, Protocol, cell_results, cell_status, frontier, frontier_trend,
     run_outcomes,
 )
-from kvshift_lens.report.stats import discordant_test, fmt_p, logrank_test, proportion_ci
+from kvshift_lens.report.multiplicity import combined
+from kvshift_lens.report.stats import discordant_test, fmt_p, km_median, logrank_test, proportion_ci
 from kvshift_lens.report.verdicts import (
-    ALPHA, CENSORED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, combine, one_sided_outcome,
+    ALPHA, CENSORED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, one_sided_outcome,
 )
 
-PROTOCOL = Protocol(lr="lr")
+PROTOCOL = Protocol(lr="lr", metric="acc")  # curves' induction_acc is read as `acc`; cells' lr column is `lr`
 CELL = ["arch", "n_layers", "n_heads", "seq_len", "d_model"]  # one configuration
 FAMILY = ["arch", "n_layers", "n_heads", "seq_len"]  # a frontier is taken over d_model within one family
 EMBEDDING_MODULES = ("tok_embed", "pos", "head")  # top-level modules of `build_module` counted as embeddings
 RUN_COLUMNS = [*CELL, "d_head", "lr", "seed", "outcome", "censored", "induction_acc", "best_induction_acc",
-               "steps_to_90", "gain_last", "final_step", "budget", "batch_size", "train_seconds", "n_params",
-               "n_params_non_embedding", "run"]
+               "steps_to_90", "gain_last", "projected_gain", "final_step", "budget", "batch_size", "train_seconds",
+               "n_params", "n_params_non_embedding", "run"]
 RENAME = {"model.arch": "arch", "model.n_layers": "n_layers", "model.d_model": "d_model", "model.n_heads": "n_heads",
           "model.d_head": "d_head", "task.seq_len": "seq_len", "train.lr": "lr", "train.steps": "budget",
           "train.batch_size": "batch_size"}
@@ -54,32 +57,42 @@ def param_counts(model: dict) -> tuple[int, int]:
     return _param_counts(json.dumps(model, sort_keys=True))
 
 
-def tidy_runs(curves: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """One row per run (RUN_COLUMNS) from `analysis.load_runs(root)` learning curves: protocol outcome, final
-    and best accuracy, steps to 90 %, training seconds, and parameter counts from each run's config.json."""
+def run_table(curves: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
+    """One row per run of `analysis.load_runs` learning curves: the cell keys (renamed as in RENAME), protocol
+    outcome, final and best accuracy, steps to the threshold (`steps_to_90`) and the plateau rule's numbers."""
     keys = [*[c for c in RENAME if c in curves.columns], "seed"]
-    runs = run_outcomes(curves.rename(columns={"induction_acc": "acc"}), keys, Protocol(metric="acc"))
+    runs = run_outcomes(curves.rename(columns={"induction_acc": "acc"}), keys, protocol)
+    return runs.rename(columns={**RENAME, "final": "induction_acc", "best": "best_induction_acc",
+                                "steps_to_threshold": "steps_to_90"})
+
+
+def tidy_runs(curves: pd.DataFrame, root: Path, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
+    """One row per run (RUN_COLUMNS) from `analysis.load_runs(root)` learning curves: `run_table`, training
+    seconds, and parameter counts from each run's config.json."""
+    runs = run_table(curves, protocol)
     seconds = curves.sort_values("step").groupby("run")["train_seconds"].last()
     counts = [param_counts(json.loads((root / run / "config.json").read_text())["model"]) for run in runs["run"]]
-    out = runs.rename(columns={**RENAME, "final": "induction_acc", "best": "best_induction_acc",
-                               "steps_to_threshold": "steps_to_90"}).assign(
+    out = runs.assign(
         train_seconds=lambda d: d["run"].map(seconds), n_params=[c[0] for c in counts],
         n_params_non_embedding=[c[1] for c in counts])
     return out[RUN_COLUMNS].sort_values([*CELL, "seed", "lr"], ignore_index=True)
 
 
-def cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell and seed, the best learning rate's run (`protocol.cell_results`) plus parameter counts."""
+def cells(runs: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
+    """Per cell and seed, the best learning rate's run (`protocol.cell_results`) plus parameter counts (when
+    `runs` has them)."""
     best = cell_results(runs.rename(columns={"best_induction_acc": "best", "induction_acc": "final",
-                                             "steps_to_90": "steps_to_threshold"}), CELL, PROTOCOL)
-    sizes = runs.groupby(CELL)[["n_params", "n_params_non_embedding"]].first()
-    return best.join(sizes, on=CELL).rename(columns={"best": "best_induction_acc", "final": "induction_acc",
-                                                     "steps_to_threshold": "steps_to_90"})
+                                             "steps_to_90": "steps_to_threshold"}), CELL, protocol)
+    sizes = [c for c in ("n_params", "n_params_non_embedding") if c in runs]
+    if sizes:
+        best = best.join(runs.groupby(CELL)[sizes].first(), on=CELL)
+    return best.rename(columns={"best": "best_induction_acc", "final": "induction_acc",
+                                "steps_to_threshold": "steps_to_90"})
 
 
-def status(cell_table: pd.DataFrame) -> pd.DataFrame:
+def status(cell_table: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFrame:
     """Per cell: seeds succeeding / failing / censored at their best learning rate, and the cell's status."""
-    return cell_status(cell_table, CELL, PROTOCOL)
+    return cell_status(cell_table, CELL, protocol)
 
 
 def frontiers(status_table: pd.DataFrame) -> pd.DataFrame:
@@ -94,9 +107,23 @@ def length_trends(frontier_table: pd.DataFrame) -> pd.DataFrame:
 
 def grid_table(table: pd.DataFrame, value: str, rows: Sequence[str] = ("arch", "n_layers"), cols: str = "d_model",
                agg: str = "mean") -> pd.DataFrame:
-    """Pivot of `value` aggregated over seeds: index `rows`, columns `cols` (NaN where never observed)."""
+    """Pivot of `value` aggregated over seeds: index `rows`, columns `cols`; only (rows) combinations that were
+    trained get a row (NaN in a cell: that width was not trained for that row, or the value is missing)."""
     data = table.assign(**{value: pd.to_numeric(table[value], errors="coerce").astype(float)})
-    return data.pivot_table(index=list(rows), columns=cols, values=value, aggfunc=agg, dropna=False)
+    return data.groupby([*rows, cols], sort=True)[value].agg(agg).unstack(cols)
+
+
+def trained_cells(table: pd.DataFrame, rows: Sequence[str] = ("arch", "n_layers"), cols: str = "d_model") -> pd.DataFrame:
+    """Boolean pivot in `grid_table`'s layout: True where the configuration was trained."""
+    return table.groupby([*rows, cols], sort=True).size().unstack(cols).notna()
+
+
+def km_table(cell_table: pd.DataFrame, rows: Sequence[str] = ("arch", "n_layers"), cols: str = "d_model") -> pd.DataFrame:
+    """Kaplan–Meier median steps to the threshold per cell over its seeds at their best lr (`stats.km_median`: seeds
+    that never reach it censored at their budget; NaN when fewer than half reach it), in `grid_table`'s layout."""
+    km = cell_table.groupby([*rows, cols], sort=True).apply(lambda g: km_median(g["time"], g["event"]),
+                                                             include_groups=False)
+    return km.unstack(cols)
 
 
 def outcome_table(cell_table: pd.DataFrame, rows: Sequence[str] = ("arch", "n_layers"),
@@ -154,12 +181,12 @@ def compare_models(cell_table: pd.DataFrame, a: tuple[str, int], b: tuple[str, i
             f"at its best lr), one-sided at {ALPHA}; pairs with a censored side left out", baseline,
             [f"{len(pairs)} pairs: both succeed {more.both}, neither {more.neither}, only {name_a} {more.a_only}, "
              f"only {name_b} {more.b_only}, censored {len(pairs) - len(decided)}; {name_a} more: {fmt_p(more.p)}, "
-             f"{name_b} more: {fmt_p(less.p)}"])),
+             f"{name_b} more: {fmt_p(less.p)}"], p=more.p, p_reverse=less.p)),
         (f"{name_a} reaches 90 % sooner than {name_b}", Verdict(
             one_sided_outcome(sooner.p, later.p), f"log-rank test of steps to 90 % at the best lr (runs that never reach it "
             f"censored at their budget), one-sided at {ALPHA}", baseline,
             [f"events {sooner.events_a}/{sooner.n_a} vs {sooner.events_b}/{sooner.n_b}; {name_a} sooner: "
-             f"{fmt_p(sooner.p)}, later: {fmt_p(later.p)}"])),
+             f"{fmt_p(sooner.p)}, later: {fmt_p(later.p)}"], p=sooner.p, p_reverse=later.p)),
     ]
 
 
@@ -167,9 +194,8 @@ def depth_verdict(cell_table: pd.DataFrame) -> tuple[Verdict, list[tuple[str, Ve
     """Depth claim: 1L KV shift succeeds more often than 1L vanilla, and more often and sooner than 2L vanilla."""
     parts = compare_models(cell_table, ("kvshift", 1), ("vanilla", 1))[:1]
     parts += compare_models(cell_table, ("kvshift", 1), ("vanilla", 2))
-    verdict = Verdict(combine(v.outcome for _, v in parts), "all parts, each seed at its best of ≥ 3 learning rates",
-                      "vanilla 1L and vanilla 2L at the same width, heads, length and seed",
-                      [f"{n}: {v.label}" for n, v in parts])
+    verdict = combined(parts, "all parts (one family of tests, Holm-adjusted), each seed at its best of ≥ 3 learning "
+                       "rates", "vanilla 1L and vanilla 2L at the same width, heads, length and seed")
     return verdict, parts
 
 
@@ -187,6 +213,15 @@ def width_verdict(trends: pd.DataFrame, arch: str = "kvshift") -> Verdict:
     trend = row.trend.iloc[0]
     outcome = {GROWS: REPRODUCED, SHRINKS: NOT_REPRODUCED, FLAT: NOT_REPRODUCED, UNDETERMINED: INCONCLUSIVE}[trend]
     return Verdict(outcome, rule, baseline, evidence, reason="censored frontiers" if trend == UNDETERMINED else "")
+
+
+def judge(curves: pd.DataFrame, protocol: Protocol = PROTOCOL) -> dict[str, Verdict]:
+    """Every verdict of the study (the depth claim, its parts, the width claim) from `analysis.load_runs` learning
+    curves under `protocol`: what `report.robustness` recomputes under other thresholds."""
+    cell_table = cells(run_table(curves, protocol), protocol)
+    depth, parts = depth_verdict(cell_table)
+    trends = length_trends(frontiers(status(cell_table, protocol)))
+    return {"depth claim": depth, **{f"depth: {n}": v for n, v in parts}, "width claim": width_verdict(trends)}
 
 
 def success_rate_line(cell_table: pd.DataFrame, arch: str, layers: int) -> str:

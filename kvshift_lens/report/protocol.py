@@ -5,18 +5,21 @@ A fixed learning rate and step budget measure optimisation, not capacity. Follow
 depth, width, heads, length, or whatever keys a study passes) is trained per seed at >= 3 learning
 rates spanning >= 10x, and judged by its best one:
 
-1. **Per run** (`run_outcomes`): *success* if the metric reaches `threshold` at an evaluation; else
-   *failure* if it has plateaued — no gain > `plateau_gain` over the last `plateau_window` of its
-   steps (gain of the running maximum) — or diverged (the trainer's `status`); else *censored*: still
-   improving when the budget ran out, so the run says nothing about capacity and is never counted as a
-   failure.
-2. **Per cell and seed** (`cell_results`): the best learning rate (a success first, the earliest one;
-   otherwise the highest best metric) and its outcome; time to threshold as right-censored data.
+1. **Per run** (`run_outcomes`): *success* if the metric reaches `threshold` at an evaluation; else *failure*
+   if it has plateaued — the upper confidence bound of its tail slope, projected over a doubling of its budget,
+   lies below `plateau_gain` (`report.run_labels`, the plateau rule, which weighs the slope against the run's own
+   evaluation noise) — or diverged (the trainer's `status`); else *censored*: possibly still improving when the
+   budget ran out, so the run says nothing about capacity and is never counted as a failure.
+2. **Per cell and seed** (`cell_results`): a success if any learning rate succeeds (the earliest one is reported);
+   else censored if any learning rate is censored (that rate might still succeed); else a failure. The reported
+   run is the earliest success, else the censored or failed run with the highest best metric; time to threshold as
+   right-censored data.
 3. **Per cell** (`cell_status`): *success* when >= `quorum` (2/3) of seeds succeed, *failure* when that
    is impossible even if every censored seed succeeded, else *censored*.
 4. **Frontier** (`frontier`): within a family (every cell key but the width), the smallest width whose
-   cell succeeds, with its status; `frontier_trend` orders frontiers along another key (sequence
-   length) as "grows", "flat", "shrinks" or "undetermined" from the intervals they leave open.
+   cell succeeds, with its status ("≤ w" when that is the smallest width tried: the true frontier may be lower);
+   `frontier_trend` orders frontiers along another key (sequence length) as "grows", "flat", "shrinks" or
+   "undetermined" from the intervals they leave open.
 
 Everything takes column names from the caller (`Protocol` fields and `cell_keys`), so a study with
 its own cell keys (a `mixer` or `task` column, another metric) uses it without edits. See
@@ -32,7 +35,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from kvshift_lens.report.run_labels import tail_fit
 from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
+from kvshift_lens.training.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,10 @@ class Protocol:
     """Thresholds of the protocol and the column names it reads."""
 
     threshold: float = 0.9  # success: metric >= threshold at some evaluation
-    plateau_window: float = 0.2  # fraction of a run's steps the plateau check looks back over
-    plateau_gain: float = 0.01  # more gain than this in that window: still improving (censored)
+    plateau_window: float = 0.5  # fraction of a run's steps whose evaluations the plateau rule fits (its tail)
+    plateau_gain: float = 0.01  # plateaued when the tail slope's upper bound, projected, lies below this gain
+    plateau_horizon: float = 1.0  # the projection, in multiples of the run's steps (1: a doubling of the budget)
+    plateau_alpha: float = 0.025  # the slope bound is the upper end of a two-sided 95 % interval
     quorum: float = 2 / 3  # fraction of seeds that must succeed for a cell to succeed
     min_lrs: int = 3  # learning rates per cell and seed
     min_lr_span: float = 10.0  # max lr / min lr per cell and seed
@@ -51,19 +58,23 @@ class Protocol:
     seed: str = "seed"
     run: str = "run"
     status: str = "status"  # the trainer's run status, if the frame has it: "diverged" runs cannot improve
+    eval_size: str = "train.eval_size"  # held-out sequences per evaluation, if the frame has it (else the default)
 
 
-RUN_COLUMNS = ["final_step", "final", "best", "steps_to_threshold", "gain_last", "outcome", "censored"]
+RUN_COLUMNS = ["final_step", "final", "best", "steps_to_threshold", "gain_last", "tail_slope", "tail_noise",
+               "projected_gain", "outcome", "censored"]
 CELL_COLUMNS = ["lr", "n_lrs", "lr_span", "lr_at_edge", "outcome", "censored", "final", "best",
                 "steps_to_threshold", "time", "event", "run"]
 
 
 def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protocol()) -> pd.DataFrame:
     """One row per run of a tidy learning-curve frame (run × evaluation step): `keys` (cell keys, lr, seed,
-    anything constant per run), then RUN_COLUMNS. `outcome` is success / failure / censored (module doc)."""
+    anything constant per run), then RUN_COLUMNS. `outcome` is success / failure / censored (module doc);
+    `gain_last` (running-best gain over the tail) is descriptive, the label comes from `run_labels.tail_fit`."""
     rows = []
     for run, g in curves.sort_values(p.step).groupby(p.run, sort=True):
         diverged = p.status in g and (g[p.status] == "diverged").any()
+        eval_size = float(g[p.eval_size].iloc[0]) if p.eval_size in g else float(TrainConfig.eval_size)
         g = g[g[p.metric].notna()]
         if g.empty:
             continue
@@ -71,17 +82,14 @@ def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protoc
         final_step = steps[-1]
         hit = steps[metric >= p.threshold]
         start = (1 - p.plateau_window) * final_step
-        before, window = metric[steps <= start], metric[steps > start]
+        before, window = metric[steps < start], metric[steps >= start]
         gain = float(metric.max() - before.max()) if len(before) and len(window) else math.nan
-        if len(hit):
-            outcome = SUCCESS
-        elif diverged or (gain == gain and gain <= p.plateau_gain):
-            outcome = FAILURE
-        else:
-            outcome = CENSORED
+        tail = tail_fit(steps, metric, eval_size, p.plateau_window, p.plateau_horizon, p.plateau_gain, p.plateau_alpha)
+        outcome = SUCCESS if len(hit) else FAILURE if diverged else tail.label
         rows.append({p.run: run, **{k: g[k].iloc[0] for k in keys}, "final_step": int(final_step),
                      "final": float(metric[-1]), "best": float(metric.max()),
                      "steps_to_threshold": float(hit[0]) if len(hit) else math.nan, "gain_last": gain,
+                     "tail_slope": tail.slope, "tail_noise": tail.noise, "projected_gain": tail.projected_gain,
                      "outcome": outcome, "censored": outcome == CENSORED})
     return pd.DataFrame(rows, columns=[p.run, *keys, *RUN_COLUMNS])
 
@@ -89,16 +97,17 @@ def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protoc
 def cell_results(runs: pd.DataFrame, cell_keys: Sequence[str], p: Protocol = Protocol()) -> pd.DataFrame:
     """Per cell and seed, the run at the best learning rate (`run_outcomes` rows in, CELL_COLUMNS out).
 
-    Best = a success if any (the earliest to reach the threshold, ties to the higher best metric),
-    otherwise the highest best metric. `time`/`event` give time to threshold as right-censored data:
-    the best lr's steps to threshold, or the longest run of the cell and seed as a censored time.
-    `lr_at_edge` flags a best lr at the end of the grid (the grid may need to widen).
+    Outcome: a success if any learning rate succeeds; else censored if any is censored (it might still succeed, so
+    the cell-seed has not failed); else a failure. The reported run: the earliest success (ties to the higher best
+    metric); else the highest best metric among the runs with the cell-seed's outcome. `time`/`event` give time to
+    threshold as right-censored data: the best lr's steps to threshold, or the longest run of the cell and seed as
+    a censored time. `lr_at_edge` flags a reported lr at the end of the grid (the grid may need to widen).
     """
+    rank = {SUCCESS: 0, CENSORED: 1, FAILURE: 2}
     rows = []
     for key, g in runs.groupby([*cell_keys, p.seed], sort=True, dropna=False):
-        ranked = g.assign(_ok=g["outcome"] == SUCCESS,
-                          _t=g["steps_to_threshold"].fillna(np.inf)).sort_values(
-            ["_ok", "_t", "best"], ascending=[False, True, False])
+        ranked = g.assign(_rank=g["outcome"].map(rank), _t=g["steps_to_threshold"].fillna(np.inf)).sort_values(
+            ["_rank", "_t", "best"], ascending=[True, True, False])
         best = ranked.iloc[0]
         lrs = np.sort(g[p.lr].astype(float).unique())
         event = best["outcome"] == SUCCESS
@@ -139,10 +148,11 @@ def _fmt(x: float) -> str:
 def frontier(status: pd.DataFrame, family_keys: Sequence[str], width: str = "d_model") -> pd.DataFrame:
     """Per family (`cell_status` rows grouped by `family_keys`), the smallest `width` whose cell succeeds.
 
-    `frontier_status`: found (every smaller width failed), upper bound (a smaller width is censored, so the
-    true frontier may be lower), censored (no width succeeded, some censored: the frontier may lie inside
-    the grid), none (every width failed: the frontier is above the widest tried). `lo`/`hi` bound the true
-    frontier on the grid (hi = inf when none succeeded); `frontier` is a display string.
+    `frontier_status`: found (every smaller width tried failed), upper bound ("≤ w": a smaller width is censored,
+    or w is the smallest width tried, so the true frontier may be lower; lo = 0 when it may lie below the grid),
+    censored (no width succeeded, some censored: the frontier may lie inside the grid), none (every width failed:
+    the frontier is above the widest tried). `lo`/`hi` bound the true frontier (hi = inf when none succeeded);
+    `frontier` is the narrowest succeeding width, `text` a display string.
     """
     rows = []
     for key, g in status.groupby(list(family_keys), sort=True, dropna=False):
@@ -153,9 +163,9 @@ def frontier(status: pd.DataFrame, family_keys: Sequence[str], width: str = "d_m
         open_ = g["status"].to_numpy() == CENSORED
         if ok.any():
             w = widths[ok.argmax()]
-            below_open = widths[open_ & (widths < w)]
-            kind = UPPER_BOUND if len(below_open) else FOUND
-            lo, hi = (float(below_open.min()) if len(below_open) else w), w
+            narrowest = float(widths[(open_ & (widths < w)) | (widths == w)].min())  # where the frontier may be
+            kind = FOUND if narrowest == w and w > widths.min() else UPPER_BOUND
+            lo, hi = (0.0 if narrowest == widths.min() else narrowest), w  # 0: it may lie below the grid
             text = _fmt(w) if kind == FOUND else f"≤ {_fmt(w)}"
         elif open_.any():
             kind, lo, hi, w = CENSORED, float(widths[open_].min()), math.inf, math.nan

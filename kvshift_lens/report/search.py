@@ -11,13 +11,15 @@ frontier (`protocol.frontier`):
   the first success changes no outcome; only which of several succeeding rates is reported as the best (the
   earliest to the threshold in a full grid) can differ. Unlike successive halving, no rate is dropped before
   its run has ended, so a late phase change is never cut off.
-* **Bisection over width** (`next_width`): per family, the widest width first (a family that fails there is
-  done: frontier "none"), then the lower middle of the grid widths strictly between the widest
-  non-succeeding width below the narrowest succeeding one and that one, until none is left, then down from
-  a censored width until one fails. This finds the full grid's frontier and its bounds whenever success is
-  monotone in width (a wider model succeeds wherever a narrower one does, so one that fails would fail
-  narrower too); `monotonicity_violations` lists visited widths that contradict it, and
-  `searched_frontier` widens the bounds over widths a search did not settle.
+* **Width scan** (`next_width`): per family, the widths from the narrowest up until a width succeeds. The
+  protocol's frontier (`protocol.frontier`) depends only on the widths up to the narrowest success (which one that
+  is, and which narrower ones are censored), so the scan returns the full grid's frontier, status and bounds on
+  *every* status pattern, success monotone in width or not — a bisection cannot: it settles the widths below a
+  failure by assuming they fail too, which a censored width below a failed one (or any non-monotone pattern)
+  breaks (`tests/test_search.py` enumerates all 3^5 status patterns of a 5-width grid). Widths above the
+  narrowest success are never needed; a family that fails everywhere costs every width, as in the full grid.
+  `monotonicity_violations` lists visited widths that contradict monotonicity (evidence only: nothing relies on it);
+  `searched_frontier` bounds the frontier of a scan that has not finished.
 
 `plan_round(jobs, runs, ...)` combines both into the jobs of the next round (resumable: a planned job that
 did not finish is planned again); a study runs rounds until it returns none (`experiments/mixers.py`).
@@ -32,37 +34,22 @@ from typing import Mapping, Optional, Sequence
 import pandas as pd
 
 from kvshift_lens.report.protocol import FOUND, UPPER_BOUND, Protocol, cell_results, cell_status, frontier
-from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
+from kvshift_lens.report.verdicts import CENSORED, SUCCESS
 
-BISECT, GRID = "bisect", "grid"  # search modes of `plan_round`
+SCAN, GRID = "scan", "grid"  # search modes of `plan_round`
 
 
 def next_width(grid: Sequence[float], status: Mapping[float, str]) -> Optional[float]:
-    """The next width of one family to train, or None when its frontier interval is settled on `grid`.
+    """The next width of one family to train, or None when its frontier is settled on `grid`.
 
-    `status` maps the widths decided so far to their cell status (success / failure / censored). The widest
-    width first; then bisection between the widest non-succeeding width below the narrowest success and that
-    success (censored counts as not succeeding); then, while the narrowest such non-success is censored (the
-    frontier may lie below it), one grid width further down until a width fails or the grid ends, as a full grid
-    would know where the censored region ends.
+    `status` maps the widths decided so far to their cell status (success / failure / censored). The narrowest
+    width not yet decided below the narrowest success (every width when none succeeded): the full grid's frontier
+    depends on exactly those widths and the narrowest success.
     """
-    widths = sorted(float(w) for w in grid)
-    if not status:
-        return widths[-1]
-    ok = [w for w in widths if status.get(w) == SUCCESS]
+    ok = [float(w) for w, st in status.items() if st == SUCCESS]
     top = min(ok) if ok else math.inf
-    below = sorted((w for w in widths if w < top and w in status), reverse=True)
-    lo = below[0] if below else -math.inf
-    open_ = [w for w in widths if lo < w < top]
-    if open_:
-        return open_[(len(open_) - 1) // 2]
-    for w in below:  # widest first: walk down the censored widths to the first failure
-        if status[w] != CENSORED:
-            return None
-        lower = [v for v in widths if v < w]
-        if lower and lower[-1] not in status:
-            return lower[-1]
-    return None
+    open_ = sorted(float(w) for w in grid if float(w) < top and float(w) not in status)
+    return open_[0] if open_ else None
 
 
 def lr_order(jobs: pd.DataFrame, lr: str) -> list[float]:
@@ -87,17 +74,17 @@ def _normalised(frame: pd.DataFrame, family: Sequence[str], width: str, p: Proto
 
 
 def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], width: str, p: Protocol = Protocol(),
-               search: str = BISECT) -> pd.DataFrame:
+               search: str = SCAN) -> pd.DataFrame:
     """The rows of `jobs` to train next (empty: the study is complete).
 
     `jobs`: one row per job of the full grid with the `family` columns, `width`, `p.lr` and `p.seed` (plus
     anything else, e.g. the override list); leave out jobs that cannot run (a failed run), and their cell-seed
     is decided by the learning rates that remain. `runs`: `protocol.run_outcomes` rows of the *finished* runs with
-    the same columns. `search`: BISECT (success-first learning rates and bisection over width, module doc)
+    the same columns. `search`: SCAN (success-first learning rates and the width scan, module doc)
     or GRID (every job that has not finished).
     """
-    if search not in (BISECT, GRID):
-        raise ValueError(f"search={search!r}: use {BISECT!r} or {GRID!r}")
+    if search not in (SCAN, GRID):
+        raise ValueError(f"search={search!r}: use {SCAN!r} or {GRID!r}")
     keys = [*family, width, p.lr, p.seed]
     njobs, nruns = _normalised(jobs, family, width, p), _normalised(runs, family, width, p)
     done = set(map(tuple, nruns[keys].to_numpy()))
@@ -131,7 +118,7 @@ def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], wi
 
 def monotonicity_violations(status: pd.DataFrame, family: Sequence[str], width: str) -> pd.DataFrame:
     """`protocol.cell_status` rows of a family that failed (plateaued) at a width above one where it succeeded:
-    the evidence against the monotonicity that bisection assumes (empty when none was seen)."""
+    evidence that success is not monotone in width (empty when none was seen; the width scan does not assume it)."""
     rows = []
     for _, g in status.groupby(list(family), sort=False, dropna=False):
         ok = g.loc[g["status"] == SUCCESS, width].astype(float)
@@ -146,26 +133,22 @@ def _fmt(x: float) -> str:
 
 def searched_frontier(status: pd.DataFrame, family: Sequence[str], width: str, grid: Sequence[float]) -> pd.DataFrame:
     """`protocol.frontier` of cells visited by a search over `grid`, with `lo` also covering the widths it did not
-    train: an untrained width is undetermined unless it lies below a width that failed (bisection's
-    monotonicity: a model that fails would fail narrower too). `lo` = the narrowest undetermined width below the
-    frontier (visited censored ones as `protocol.frontier` counts them); on a full grid this is `protocol.frontier`.
-    """
+    train below the frontier (undetermined: nothing about a width is inferred from another's status). On a full grid,
+    or once the width scan has finished, this is `protocol.frontier`."""
     table = frontier(status, family, width)
     widths = sorted(float(w) for w in grid)
     for i, row in table.iterrows():
         mine = status[(status[list(family)] == row[list(family)]).all(axis=1)]
         seen = dict(zip(mine[width].astype(float), mine["status"]))
         hi = row["hi"]
-        failed = [w for w, st in seen.items() if st == FAILURE and w < hi]
-        floor = max(failed) if failed else -math.inf
-        open_ = [w for w in widths if w < hi and ((w not in seen and w > floor) or seen.get(w) == CENSORED)]
-        if not open_:
-            continue  # every width below the frontier is known to fail: protocol.frontier's bounds stand
-        lo = min(open_)
-        kind = row["frontier_status"]
-        if kind in (FOUND, UPPER_BOUND):
+        open_ = [w for w in widths if w < hi and (w not in seen or seen[w] == CENSORED)]
+        if all(w in seen for w in open_):
+            continue  # every width below the frontier was trained: protocol.frontier's bounds stand
+        if row["frontier_status"] in (FOUND, UPPER_BOUND):
+            lo = 0.0 if open_[0] == widths[0] else open_[0]  # the frontier may lie at or below the narrowest open width
             kind, text = UPPER_BOUND, f"≤ {_fmt(hi)}"
         else:
+            lo = open_[0]
             kind, text = CENSORED, f"≥ {_fmt(lo)} (censored)" if any(st == CENSORED for st in seen.values()) \
                 else f"≥ {_fmt(lo)} (not reached)"
         table.loc[i, ["lo", "frontier_status", "text"]] = [lo, kind, text]

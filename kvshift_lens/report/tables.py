@@ -51,7 +51,8 @@ def curves_table(run_dirs: Sequence[Path], root: Path, label: Callable[[pd.Serie
                  extra: Sequence[str] = ()) -> pd.DataFrame:
     """Tidy learning curves of the finished runs among `run_dirs` (all under `root`; diverged runs keep the rows
     they logged, failed and unfinished ones are left out): CURVE_COLUMNS plus `status`, every `model.*` /
-    `task.*` column, `train.steps`, `train.lr`, n_params and the `extra` columns (a task's own metrics, say)."""
+    `task.*` column, `train.steps`, `train.lr`, `train.eval_size` (the plateau rule's noise floor), n_params and the
+    `extra` columns (a task's own metrics, say)."""
     finished = {k: d for k, d in _relative(run_dirs, root).items() if run_status(d) in ("completed", "diverged")}
     if not finished:
         raise FileNotFoundError(f"no finished runs of this study under {root}")
@@ -60,7 +61,7 @@ def curves_table(run_dirs: Sequence[Path], root: Path, label: Callable[[pd.Serie
     runs["label"] = runs.apply(label, axis=1)
     runs["n_params"] = runs["run"].map({k: n_params(d) for k, d in finished.items()})
     config_cols = ["status"] + [c for c in runs.columns if c.startswith(("model.", "task."))] + [
-        "train.steps", "train.lr", "n_params", *extra]
+        "train.steps", "train.lr", *(["train.eval_size"] if "train.eval_size" in runs else []), "n_params", *extra]
     return runs[CURVE_COLUMNS + config_cols].sort_values(["label", "seed", "run", "step"]).reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ never a guess in either direction. The primitives below are shared by every stud
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -39,6 +40,17 @@ class Verdict:
     baseline: str  # what the claim is compared against
     evidence: list[str] = field(default_factory=list)  # the numbers the rule read
     reason: str = ""  # qualifier shown in parentheses, e.g. "no power", "not tested"
+    p: float = math.nan  # one-sided p of the test in the claimed direction (NaN: the outcome is not a test's)
+    p_reverse: float = math.nan  # one-sided p of the test against the claim (reverse direction, or below the margin)
+    p_adjusted: float = math.nan  # `p` after Holm's adjustment within the claim's family (report.multiplicity)
+    p_reverse_adjusted: float = math.nan  # `p_reverse` after the same adjustment
+    unadjusted: str = ""  # the outcome before Holm's adjustment ("" when none was applied)
+    test: str = ""  # names the test behind `p` when two parts share it (one hypothesis in the family); "" = its own
+
+    @property
+    def raw_outcome(self) -> str:
+        """The outcome before Holm's adjustment (the outcome itself when none was applied)."""
+        return self.unadjusted or self.outcome
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

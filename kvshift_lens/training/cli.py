@@ -4,7 +4,8 @@ directory, and one line per failed job at the end of a sweep, whatever the launc
 A job never lets an exception (or `SystemExit`) reach the launcher during a sweep: it writes
 `error.txt` and a `status` into its summary.json and returns, so every other job runs. The
 `SweepFailureReport` callback (conf/train.yaml) then prints `<run dir>: <error>` for each job that
-failed in this sweep and exits with status 1. Pure Python: nothing here imports torch.
+failed in this sweep and exits with status 1. Ctrl-C prints one line (`interrupted at step N; rerun the same
+command to resume`), leaves no stub run directory and exits 130. Pure Python: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import json
 import os
 import shutil
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,6 +32,13 @@ ERROR_FILE = "error.txt"  # first line: the one-line error; then the traceback o
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 GROUPS = ("model", "task", "train")
+LEGACY_FIELDS = {  # model fields before the mixers (kvshift_lens.models.config.LEGACY_FIELDS) -> what replaced them
+    "model.arch": "model/mixer=none (vanilla) or model/mixer=kv_shift (kvshift), or any other mixer; model.arch is "
+                  "derived from the mixer",
+    "model.shift": "model/mixer=kv_shift model.mixer.sides=<kv|k|v>",
+    "model.shift_param": "model/mixer=kv_shift model.mixer.param=<free|gate|clamp01>",
+    "model.shift_window": "model/mixer=kv_shift model.mixer.window=<lags>",
+}
 T = TypeVar("T")
 
 
@@ -38,9 +49,24 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+def interrupted(step: Optional[int] = None) -> None:
+    """Ctrl-C: one line saying where the run stopped and that rerunning resumes it, then exit status 130."""
+    where = f" at step {step}" if step is not None else ""
+    print(f"interrupted{where}; rerun the same command to resume", file=sys.stderr)
+    sys.exit(130)
+
+
+def thread_lock_for_bars() -> None:
+    """Progress bars lock with a thread lock: tqdm's default adds a named semaphore, which joblib's workers (spawned,
+    so never sharing it) leak when a Ctrl-C makes joblib kill them mid-job (a resource_tracker warning)."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def hydra_entry(main: Callable[[], Any]) -> None:
     """Call a `@hydra.main` function; Hydra's own errors (unknown preset, override grammar, unknown key)
-    become one line and exit status 2. `HYDRA_FULL_ERROR=1` keeps Hydra's tracebacks."""
+    become one line and exit status 2, Ctrl-C one line and 130. `HYDRA_FULL_ERROR=1` keeps Hydra's tracebacks."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         return
@@ -49,12 +75,18 @@ def hydra_entry(main: Callable[[], Any]) -> None:
         main()
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # jobs never raise: these are Hydra's
         fail(hydra_error_line(e))
+    except KeyboardInterrupt as e:  # a sweep's launcher process (its jobs stop silently), or while Hydra starts
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:  # before the job: no stub left
+            drop_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        interrupted(getattr(e, "step", None))
 
 
 def hydra_error_line(e: BaseException) -> str:
     """One line for a Hydra composition or override error."""
     cause = e.__cause__
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
+        if cause.full_key in LEGACY_FIELDS:
+            return f"{cause.full_key} is a legacy field (before the mixers); use {LEGACY_FIELDS[cause.full_key]}"
         return f"{cause.full_key} is not a config field: check its spelling (`--cfg job` prints the config)"
     lines = []
     for line in str(e).splitlines():
@@ -74,14 +106,22 @@ def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sw
               root: Optional[Path] = None) -> Optional[T]:
     """Run one job's `work` in `run_dir` so that a failure costs nothing else.
 
-    On an exception: one `error: ...` line on stderr and, in a sweep, `error.txt` + summary status in
+    Ctrl-C: one line naming the step, no stub directory left, exit 130 (`interrupted`). On an exception:
+    one `error: ...` line on stderr and, in a sweep, `error.txt` + summary status in
     `run_dir`, then return None (the launcher sees a finished job). Outside a sweep, a `ConfigError` leaves
     no run directory behind (nor empty parents below `root`) and exits 2; any other failure is recorded
     in `run_dir` and exits 1.
     """
     clear_failure(run_dir)
+    if in_sweep:
+        thread_lock_for_bars()
     try:
         return work()
+    except KeyboardInterrupt as e:
+        drop_if_empty(run_dir, root)  # stopped before the run wrote anything: no stub directory
+        if in_sweep:  # the launcher process says it once for the whole sweep
+            raise
+        interrupted(getattr(e, "step", None))
     except Exception as e:  # noqa: BLE001  (a job records every failure; KeyboardInterrupt still stops)
         expected = isinstance(e, (ValueError, OSError))  # ConfigError, divergence, missing/corrupt files
         text = str(e).strip() or type(e).__name__

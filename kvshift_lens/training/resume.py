@@ -27,9 +27,22 @@ def save_resume(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def extends(old: dict, new: dict) -> bool:
+    """Whether run config `new` is `old` with a budget at least as long (`train.steps`) under a constant learning
+    rate after warmup: the steps `old` took are then exactly the first steps of `new` (the data stream, the optimizer
+    and the warmup do not depend on the budget), so resuming `old` continues it into `new` bit for bit (adaptive
+    budgets, kvshift_lens/report/adaptive.py). A cosine schedule depends on the budget and is never extended."""
+    o, n = old.get("train", {}), new.get("train", {})
+    if o.get("schedule") != "constant" or n.get("schedule") != "constant" or not o.get("steps", 0) <= n.get("steps", 0):
+        return False
+    return json.dumps({**old, "train": {**o, "steps": 0}}, sort_keys=True) == \
+        json.dumps({**new, "train": {**n, "steps": 0}}, sort_keys=True)
+
+
 def same_run(stored: Optional[str], identity: dict) -> bool:
-    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, reading configs
-    written before the mixer/task registries (flat `arch`/`shift*` model fields, every task's knobs)."""
+    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, or an earlier budget of it
+    (`extends`), reading configs written before the mixer/task registries (flat `arch`/`shift*` model fields,
+    every task's knobs)."""
     if stored == json.dumps(identity, sort_keys=True):
         return True
     try:
@@ -38,7 +51,7 @@ def same_run(stored: Optional[str], identity: dict) -> bool:
         old["task"] = dataclasses.asdict(task_config(upgrade_task(old["task"])))
     except (TypeError, ValueError, KeyError):  # ConfigError and JSONDecodeError are ValueErrors
         return False
-    return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True)
+    return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True) or extends(old, identity)
 
 
 def load_resume(path: Path) -> dict:

@@ -16,8 +16,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.training.cli import hydra_error_line
 from kvshift_lens.models.config import ModelConfig, upgrade_legacy as upgrade_model
-from kvshift_lens.core.schema import build as build_schema
+from kvshift_lens.core.registry import import_plugins
+from kvshift_lens.core.schema import build as build_schema, convert
 from kvshift_lens.data.tasks.base import TaskConfig, task_config
 from kvshift_lens.training.train_config import TrainConfig
 
@@ -48,11 +50,14 @@ class RunConfig:
     name: str = "adhoc"  # sweep name (multirun directory)
     progress: bool = True  # tqdm bar per run
     detect: bool = False  # score every checkpoint after training
+    plugins: list[str] = field(default_factory=list)  # modules imported first: the user's mixers and tasks
     task: TaskConfig = field(default_factory=lambda: task_config("induction"))  # before model, whose
     model: ModelConfig = field(default_factory=ModelConfig)  # d_vocab and n_ctx interpolate task's
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} must be >= 0 (it seeds torch generators and names the run's seed<N> directory)")
         check_compatible(self.model, self.task)
 
 
@@ -64,10 +69,15 @@ class DetectConfig:
     batch_size: int = 16  # [BOS] r r sequences per checkpoint
     seed: int = 0  # seeds the detection batches
     threads: int = 1  # torch threads
+    plugins: list[str] = field(default_factory=list)  # modules imported first: the mixers the checkpoints use
+    development: bool = False  # also the developmental measures (kvshift_lens.analysis.development)
 
     def validate(self) -> None:
         if not self.run_dir:
             raise ConfigError("give the run or sweep directory: python -m experiments.detect <dir>")
+        if Path(self.run_dir).is_file():
+            raise ConfigError(f"run_dir={self.run_dir} is a file; pass its run directory (the folder holding "
+                              f"checkpoints/), or a sweep directory")
         if not Path(self.run_dir).is_dir():
             raise ConfigError(f"run_dir={self.run_dir}: no such directory (give a run or sweep directory)")
         for name in ("batch_size", "threads"):
@@ -95,8 +105,12 @@ def build(cls: Type[T], node: Any, group: str) -> T:
 
 
 def validated(cls: Type[T], cfg: Any) -> T:
-    """An entry point's whole config (`RunConfig`, `DetectConfig`) from its composed hydra config."""
-    return build_schema(cls, plain(cfg), "")
+    """An entry point's whole config (`RunConfig`, `DetectConfig`) from its composed hydra config, after
+    importing its `plugins` (whose mixers and tasks the other groups may name)."""
+    data = plain(cfg)
+    if isinstance(data, dict) and "plugins" in data:
+        import_plugins(convert(list[str], data["plugins"], "plugins"))
+    return build_schema(cls, data, "")
 
 
 def run_config(cfg: Any) -> RunConfig:
@@ -107,14 +121,25 @@ def run_config(cfg: Any) -> RunConfig:
     return validated(RunConfig, cfg)
 
 
+def compose_hydra(overrides: Sequence[str] = (), config_name: str = "train", conf_dir: Optional[Path] = None,
+                  with_hydra: bool = False) -> DictConfig:
+    """`conf/<config_name>.yaml` composed with command-line style overrides outside any hydra app (`with_hydra`:
+    keep the `hydra` node, whose `run.dir` names the run directory); hydra's errors become the command
+    line's one-line `ConfigError`s."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(hydra_error_line(e)) from None
+
+
 def compose(overrides: Sequence[str] = (), config_name: str = "train", conf_dir: Optional[Path] = None) -> RunConfig:
-    """Compose `conf/<config_name>.yaml` with command-line style overrides, outside any hydra app.
+    """Compose `conf/<config_name>.yaml` with command-line style overrides, outside any hydra app, and validate it.
 
     >>> run = compose(["model=vanilla_2l", "model/mixer=canon", "task=mqar", "train.steps=200"])
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir or CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-    return run_config(cfg)
+    return run_config(compose_hydra(overrides, config_name, conf_dir))

@@ -17,14 +17,35 @@ from kvshift_lens.data.tasks.base import upgrade_legacy as upgrade_task
 PathLike = Union[str, Path]
 
 
+def is_run_dir(path: Path) -> bool:
+    """A run directory: the trainer (or a job that failed validation) wrote its config.json there."""
+    return Path(path, "config.json").is_file()
+
+
+def interrupted_stubs(path: PathLike) -> list[Path]:
+    """Directories at or below `path` that a command interrupted before training began left behind: hydra's
+    `.hydra/` and no run in them. Every loader skips them; a rerun of the same command trains there."""
+    return sorted(p.parent for p in Path(path).rglob(".hydra") if not is_run_dir(p.parent))
+
+
+def no_runs_error(path: PathLike) -> FileNotFoundError:
+    """What every loader raises for a directory without runs (naming interrupted stubs, if that is all it holds)."""
+    stubs = interrupted_stubs(path)
+    note = (f"; {len(stubs)} run(s) were interrupted before training began (only .hydra/, e.g. {stubs[0]}): "
+            f"rerun their commands") if stubs else ""
+    return FileNotFoundError(f"no runs under {path} (a run directory holds config.json and metrics.csv){note}")
+
+
 def find_runs(path: PathLike, *, failed: bool = False) -> list[Path]:
     """Run directories (config.json + metrics.csv) at or below `path`; with `failed`, also the runs that
-    failed before their first evaluation (config.json + error.txt)."""
+    failed before their first evaluation (config.json + error.txt). A run directory is read as that run
+    only, even in the layout before runs stopped nesting (where other runs lived inside the default run)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no run or sweep directory at {path}")
     marks = ("metrics.csv", ERROR_FILE) if failed else ("metrics.csv",)
-    return sorted(p.parent for p in path.rglob("config.json") if any((p.parent / m).exists() for m in marks))
+    candidates = [path] if is_run_dir(path) else sorted(p.parent for p in path.rglob("config.json"))
+    return [d for d in candidates if any((d / m).exists() for m in marks)]
 
 
 def run_status(run_dir: Path) -> str:
@@ -76,10 +97,14 @@ def run_config_columns(run_dir: Path) -> dict:
     return flat
 
 
-def _per_run_table(root: Path, filename: str, missing: str) -> pd.DataFrame:
-    """Concatenate `<run>/<filename>` over the runs under `root`, prefixed by `run` and config columns."""
+def _per_run_table(root: Path, filename: str, missing: str = "") -> pd.DataFrame:
+    """Concatenate `<run>/<filename>` over the runs under `root`, prefixed by `run` and config columns;
+    `missing` is the error when runs exist but none has the file."""
+    runs = find_runs(root)
+    if not runs:
+        raise no_runs_error(root)
     frames = []
-    for run_dir in find_runs(root):
+    for run_dir in runs:
         if not (run_dir / filename).exists():
             continue
         table = pd.read_csv(run_dir / filename)
@@ -107,19 +132,22 @@ def load_runs(path: PathLike) -> pd.DataFrame:
     if early:
         warnings.warn(f"{len(early)} run(s) failed before their first evaluation and have no metrics: "
                       + "; ".join(f"{d}: {read_failure(d)}" for d in early), stacklevel=2)
-    return _per_run_table(root, "metrics.csv",
-                          f"no runs under {root} (a run directory holds config.json and metrics.csv)")
+    return _per_run_table(root, "metrics.csv")
 
 
-def load_summaries(path: PathLike) -> pd.DataFrame:
+def load_summaries(path: PathLike, *, incomplete: bool = False) -> pd.DataFrame:
     """One row per finished or failed run: `run`, `status` ("completed", "diverged", "failed"), config
     columns, then summary.json scalars (final acc, steps_to_90, ..., `error` for runs that did not
-    complete). Runs still in progress (no summary.json) are left out."""
+    complete). Runs still in progress or killed (no summary.json) are left out unless `incomplete`; a
+    directory without any run raises `FileNotFoundError` like the other loaders."""
     root = Path(path)
+    runs = find_runs(root, failed=True)
+    if not runs:
+        raise no_runs_error(root)
     rows = []
-    for run_dir in find_runs(root, failed=True):
+    for run_dir in runs:
         status = run_status(run_dir)
-        if status == "incomplete":
+        if status == "incomplete" and not incomplete:
             continue
         summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
         summary = {k: v for k, v in summary.items() if not isinstance(v, dict)}

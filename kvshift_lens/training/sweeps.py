@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "conf" / "experiment"
 HISTORY = "sweep_history.jsonl"  # one line per sweep invocation, kept in the sweep directory
 VOLATILE = ("out_dir",)  # override keys that say where a run was written, not what it computed
+ADAPTIVE = ("train.steps", "train.lr")  # keys a study's adaptive rounds change per run (kvshift_lens/report/adaptive.py)
+SEED_OFFSET = "seed_offset"  # `seed_offset=K` (or --seed-offset K): every job's seed s becomes s + K (replication)
 
 
 def study_parser(description: str, profiles: Sequence[str], out_dir: Path) -> argparse.ArgumentParser:
@@ -37,10 +39,43 @@ def study_parser(description: str, profiles: Sequence[str], out_dir: Path) -> ar
     parser.add_argument("--profile", choices=sorted(profiles), default="cpu")
     parser.add_argument("--launcher", help="hydra launcher (default: the profile's; e.g. cluster_local, local_parallel)")
     parser.add_argument("--out-dir", type=Path, default=out_dir, help="hydra out_dir (runs live below)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where the outputs go (default results/; with a seed offset <out-dir>/seed_offset_K/results)")
     parser.add_argument("--n-jobs", type=int, default=None, help="parallel training processes (local launchers)")
     parser.add_argument("--skip-train", action="store_true", help="only rebuild the outputs from finished runs")
+    add_seed_offset(parser)
     return parser
+
+
+def add_seed_offset(parser: argparse.ArgumentParser) -> None:
+    """`--seed-offset K` (also spelled `seed_offset=K`, `parse_study_args`): the study on seeds K, K+1, ... into its own
+    run and results folders, for the replication table (kvshift_lens/report/replication.py)."""
+    parser.add_argument("--seed-offset", type=int, default=0, metavar="K",
+                        help="train every job on seed + K, into <out-dir>/seed_offset_K (never results/)")
+
+
+def parse_study_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """`parser.parse_args`, reading the hydra-style `seed_offset=K` as `--seed-offset K`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fixed: list[str] = []
+    for a in argv:
+        fixed += ["--seed-offset", a.split("=", 1)[1]] if a.startswith(f"{SEED_OFFSET}=") else [a]
+    return parser.parse_args(fixed)
+
+
+def study_dirs(args: argparse.Namespace, out_dir: Path, results_dir: Optional[Path]) -> tuple[Path, Path]:
+    """(run folder, results folder) of a study invocation. With a seed offset K both move to
+    `<out_dir>/seed_offset_K[/results]`, so a replication never mixes with, or overwrites, the committed runs and
+    results; an explicit results folder equal to results/ is refused."""
+    offset = getattr(args, "seed_offset", 0) or 0
+    if not offset:
+        return out_dir.resolve(), (results_dir or ROOT / "results").resolve()
+    runs = (out_dir / f"seed_offset_{offset}").resolve()
+    results = (results_dir or runs / "results").resolve()
+    if results == (ROOT / "results").resolve():
+        raise SystemExit(f"error: seed_offset={offset} must not write into {results} (the committed results); "
+                         "pick another --results-dir")
+    return runs, results
 
 
 def study_launcher(args: argparse.Namespace, default: str) -> tuple[str, Optional[int]]:
@@ -60,9 +95,32 @@ def train_study(cmd: Sequence[str], sweep_dir: Path, log: Path) -> None:
         print(f"error: {e}", file=sys.stderr, flush=True)
 
 
+def train_rounds(spec: dict, plan: Callable[[], Sequence[Sequence[str]]], sweep_dir: Path, out_dir: Path,
+                 launcher: str, n_jobs: Optional[int], label: str = "adaptive") -> int:
+    """Rounds of a study that decides its next runs from the finished ones: `plan()` (read the runs, return the next
+    jobs) -> one `select` multirun of them (`train_study`) -> plan again, until the plan is empty or repeats the last
+    round's jobs (they did not finish: reported in one line; the outputs use what did). Returns the rounds run."""
+    rounds, last, log = 0, None, out_dir / "logs" / f"{spec['name']}.log"
+    while True:
+        jobs = [list(j) for j in plan()]
+        if not jobs:
+            return rounds
+        ids = {identity(j) for j in jobs}
+        if last is not None and ids <= last:
+            print(f"error: {len(jobs)} planned run(s) of the {label} rounds did not finish, e.g. {' '.join(jobs[0])}; "
+                  f"see {log}", file=sys.stderr, flush=True)
+            return rounds
+        rounds, last = rounds + 1, ids
+        print(f"[{spec['name']}] {label} round {rounds}: {len(jobs)} runs", flush=True)
+        selection = write_selection(sweep_dir / "rounds" / f"{label}_{time.strftime('%Y%m%dT%H%M%S')}_{rounds:02d}.yaml",
+                                    jobs)
+        train_study(sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection,
+                                  seed_offset=int(spec.get("seed_offset") or 0)), sweep_dir, log)
+
+
 def experiment_spec(name: str) -> dict:
     """`conf/experiment/<name>.yaml` as hydra composes it (defaults and inheritance applied): its `name`,
-    `description`, `search` (how a study picks runs: "grid" = all, "bisect" = `report.search`) and sweeper
+    `description`, `search` (how a study picks runs: "grid" = all, "scan" = `report.search`) and sweeper
     `params` and `grids` as plain data. One clear error if the file is absent."""
     if not (EXPERIMENTS / f"{name}.yaml").exists():
         choices = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
@@ -75,7 +133,27 @@ def experiment_spec(name: str) -> dict:
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
     return {"experiment": name, "name": cfg.name, "description": str(sweeper.get("description") or "").strip(),
             "search": str(sweeper.get("search") or "grid"), "params": sweeper.get("params") or {},
-            "grids": sweeper.get("grids") or {}}
+            "grids": sweeper.get("grids") or {}, "steps": int(cfg.train.steps), "seed_offset": 0}
+
+
+def with_seed_offset(spec: dict, offset: int) -> dict:
+    """`spec` whose jobs run on seed + `offset` (`expand_jobs` and `sweep_command(seed_offset=...)` apply it)."""
+    return {**spec, "seed_offset": int(offset)}
+
+
+def shift_seed(job: Sequence[str], offset: int) -> list[str]:
+    """`job` with its `seed=s` override replaced by `seed=s+offset` (a job without one gets `seed=offset`)."""
+    if not offset:
+        return list(job)
+    if not any(o.split("=", 1)[0] == "seed" for o in job):
+        return [*job, f"seed={offset}"]
+    return [f"seed={int(o.split('=', 1)[1]) + offset}" if o.split("=", 1)[0] == "seed" else o for o in job]
+
+
+def grid_budget(spec: dict, job: Sequence[str]) -> int:
+    """The budget (`train.steps`) a job of `spec` has in its grid: its own override, else the experiment's."""
+    value = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0].lstrip("+") == "train.steps"), None)
+    return int(value) if value is not None else int(spec["steps"])
 
 
 def grids_of(spec: dict) -> dict[str, dict]:
@@ -84,9 +162,11 @@ def grids_of(spec: dict) -> dict[str, dict]:
 
 
 def grid_jobs(grids: Mapping[str, Mapping[str, object]], shared: Sequence[Override],
-              command_line: Sequence[Override], only: Optional[Sequence[str]] = None) -> list[list[str]]:
+              command_line: Sequence[Override], only: Optional[Sequence[str]] = None,
+              seed_offset: int = 0) -> list[list[str]]:
     """Jobs of the selected grids in grid order, each grid's cartesian product as hydra's basic sweeper
-    builds it; a grid's entry wins over `shared` params, the command line over both; duplicates run once."""
+    builds it; a grid's entry wins over `shared` params, the command line over both; duplicates run once;
+    `seed_offset` shifts every job's seed (`shift_seed`)."""
     parser = OverridesParser.create()
     jobs: list[list[str]] = []
     seen: set[tuple[str, ...]] = set()
@@ -95,6 +175,7 @@ def grid_jobs(grids: Mapping[str, Mapping[str, object]], shared: Sequence[Overri
         keys = {o.get_key_element() for o in grid}
         merged = grid + [o for o in shared if o.get_key_element() not in keys] + list(command_line)
         for job in BasicSweeper.split_arguments(merged, None)[0]:
+            job = shift_seed(job, seed_offset)
             if tuple(sorted(job)) not in seen:
                 seen.add(tuple(sorted(job)))
                 jobs.append(job)
@@ -111,12 +192,19 @@ def expand_jobs(spec: dict, command_line: Sequence[str] = (), only: Sequence[str
     if unknown:
         raise SystemExit(f"error: {unknown} are not grids of experiment {spec['experiment']} (grids: {sorted(grids)})")
     command_line = [f"+experiment={spec['experiment']}", *command_line]
-    return grid_jobs(grids, shared, parser.parse_overrides(command_line), list(only) or None)
+    return grid_jobs(grids, shared, parser.parse_overrides(command_line), list(only) or None,
+                     int(spec.get("seed_offset") or 0))
 
 
 def identity(overrides: Sequence[str]) -> frozenset[str]:
     """What a job computes: its overrides as a set, `VOLATILE` keys (where it was written) left out."""
     return frozenset(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in VOLATILE)
+
+
+def base_identity(overrides: Sequence[str]) -> frozenset[str]:
+    """A job's identity up to the keys adaptive rounds change (`ADAPTIVE`: budget and learning rate): the runs of one
+    grid job at any budget it was extended to and at any rate added beyond its grid share it."""
+    return frozenset(o for o in identity(overrides) if o.split("=", 1)[0].lstrip("+~") not in ADAPTIVE)
 
 
 def write_selection(path: Path, jobs: Sequence[Sequence[str]]) -> Path:
@@ -127,16 +215,29 @@ def write_selection(path: Path, jobs: Sequence[Sequence[str]]) -> Path:
 
 
 def select_jobs(jobs: Sequence[Sequence[str]], path: Path) -> list[list[str]]:
-    """The `jobs` listed in the selection file at `path`, in `jobs`' order (identity up to `VOLATILE` keys and
-    order). ValueError naming a listed job that is not among `jobs`, or a file that is not a list of lists."""
+    """The jobs listed in the selection file at `path`, in `jobs`' order: a listed job is one of `jobs` (identity up
+    to `VOLATILE` keys and order) or one of them at another budget or learning rate (`base_identity`: an adaptive
+    round's extension, launched as listed). ValueError naming a listed job that is neither, or a file that is not a
+    list of lists."""
     listed = yaml.safe_load(path.read_text())
     if not isinstance(listed, list) or not all(isinstance(j, list) for j in listed):
         raise ValueError(f"{path} must be a YAML list of jobs, each a list of overrides (sweeps.write_selection)")
-    wanted = {identity(j) for j in listed}
-    unknown = wanted - {identity(j) for j in jobs}
+    order = {}
+    for i, j in enumerate(jobs):
+        order.setdefault(base_identity(j), i)
+    unknown = [j for j in listed if base_identity(j) not in order]
     if unknown:
-        raise ValueError(f"{len(unknown)} selected job(s) are not jobs of this sweep, e.g. {sorted(next(iter(unknown)))}")
-    return [list(j) for j in jobs if identity(j) in wanted]
+        raise ValueError(f"{len(unknown)} selected job(s) are not jobs of this sweep, e.g. {sorted(unknown[0])}")
+    grid = {base_identity(j): list(j) for j in jobs}
+    picked = {identity(j): _adapted(grid[base_identity(j)], j) for j in listed}
+    return sorted(picked.values(), key=lambda j: order[base_identity(j)])
+
+
+def _adapted(grid_job: Sequence[str], listed: Sequence[str]) -> list[str]:
+    """The grid job (which carries the command line: out_dir, ...) with the listed job's `ADAPTIVE` values."""
+    keys = {o.split("=", 1)[0].lstrip("+~"): o for o in listed if o.split("=", 1)[0].lstrip("+~") in ADAPTIVE}
+    out = [keys.pop(o.split("=", 1)[0].lstrip("+~"), o) for o in grid_job]
+    return out + list(keys.values())
 
 
 def job_overrides(run_dir: Path) -> list[str]:
@@ -146,20 +247,23 @@ def job_overrides(run_dir: Path) -> list[str]:
 
 
 def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> list[Path]:
-    """Run directories under `sweep_dir` whose recorded overrides are exactly one of `jobs` (out_dir aside)."""
+    """Run directories under `sweep_dir` whose recorded overrides are one of `jobs` (out_dir aside), at whatever
+    budget and learning rate adaptive rounds trained it to (`base_identity`)."""
     from kvshift_lens.training.runs import find_runs
 
-    wanted = {identity(j) for j in jobs}
-    return [d for d in find_runs(sweep_dir) if identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
+    wanted = {base_identity(j) for j in jobs}
+    return [d for d in find_runs(sweep_dir) if base_identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
 
 
 def sweep_command(experiment: Optional[str], out_dir: Path, launcher: str = "local_parallel",
                   n_jobs: Optional[int] = None, overrides: Sequence[str] = (), only: Sequence[str] = (),
-                  select: Optional[Path] = None) -> list[str]:
+                  select: Optional[Path] = None, seed_offset: int = 0) -> list[str]:
     """The `python -m experiments.train -m [+experiment=<name>]` command of one multirun (`select`: a
-    `write_selection` file, to run only those of its jobs)."""
+    `write_selection` file, to run only those of its jobs; `seed_offset`: every job on seed + K)."""
     cmd = [sys.executable, "-m", "experiments.train", "-m", f"hydra/launcher={launcher}",
            *([f"+experiment={experiment}"] if experiment else []), f"out_dir={out_dir}", *overrides]
+    if seed_offset:
+        cmd.append(f"hydra.sweeper.seed_offset={seed_offset}")
     if n_jobs is not None:
         cmd.append(f"hydra.launcher.n_jobs={n_jobs}")
     if select is not None:

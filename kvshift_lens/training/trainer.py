@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from kvshift_lens.models.checkpoints import save_model
 from kvshift_lens.training.run_config import check_compatible
-from kvshift_lens.core.errors import ConfigError, TrainingDiverged
+from kvshift_lens.core.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from kvshift_lens.data.icl import token_losses
 from kvshift_lens.models.config import ModelConfig
 from kvshift_lens.models.transformer import build_module, constrain_, no_weight_decay_parameters
@@ -31,6 +31,7 @@ from kvshift_lens.training.provenance import git_commit
 from kvshift_lens.data.tasks.base import Batch, Task, TaskConfig, make_task
 from kvshift_lens.models.transformer import attach_tokenizer
 from kvshift_lens.training.train_config import TrainConfig
+from kvshift_lens.training.intervention_hooks import InterventionSchedule
 from kvshift_lens.training.resume import RESUME_FILE, load_resume, same_run, save_resume
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
@@ -160,13 +161,14 @@ def train(
     check_compatible(model_cfg, task_cfg)
     task = make_task(task_cfg)
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
 
     model = build_module(model_cfg).to(device)
     model.train()
+    interventions = InterventionSchedule(model, cfg.interventions, cfg.steps, task_cfg.seq_len)  # bad hook: no run dir
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if task.tokenizer is not None:  # text: checkpoints carry it, so TL's string tools work on reloaded models
         attach_tokenizer(model, task.tokenizer, **task.special_tokens)
     forward = torch.compile(model) if cfg.compile else model  # training steps only: evaluation and checkpoints stay eager
@@ -178,8 +180,11 @@ def train(
     ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
     metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
 
+    train_dict = dataclasses.asdict(cfg)
+    if not cfg.interventions:  # runs without interventions keep the config (and resume identity) they always had
+        train_dict.pop("interventions")
     run_config = json.dumps({"model": model_cfg.to_dict(), "task": dataclasses.asdict(task_cfg),
-                             "train": dataclasses.asdict(cfg)}, sort_keys=True)
+                             "train": train_dict}, sort_keys=True)
     identity = json.loads(run_config)
     for where in ("threads", "device", "compile"):  # how a run executes does not change what it computes (up to rounding)
         identity["train"].pop(where)
@@ -200,13 +205,14 @@ def train(
 
     def log_eval() -> dict:
         eval_loss, acc, extra = evaluate(model, eval_batches, cfg.loss_on, task)
-        row = {"step": step, "train_loss": float(np.mean(recent)) if recent else float("nan"),
+        row = {"step": step, "train_loss": float(np.mean(recent)) if recent else None,  # step 0: an empty cell
                "eval_loss": eval_loss, "induction_acc": acc, "lr": lr_at(max(step - 1, 0), cfg),
                "train_seconds": round(train_seconds, 3), **extra}
         rows.append(row)
         _write_metrics(metrics_path, rows, columns)
         return row
 
+    interventions.at(max(step - 1, 0))  # an evaluation sees the interventions of the step just taken
     if step == 0:
         log_eval()
         save_model(model, run_dir / "checkpoints" / "step_0000000.safetensors")
@@ -234,38 +240,46 @@ def train(
         return cfg.stop_at > 0 and bool(rows) and float(rows[-1]["induction_acc"]) >= cfg.stop_at
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=run_dir.name, leave=False)
-    while step < cfg.steps and not reached_stop():
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        batch = _to(task.sample(cfg.batch_size, data_gen), device)
-        loss = batch_loss(forward(batch.tokens), batch, cfg.loss_on)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):  # stop before the update: the last checkpoints stay finite
-            write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
-            raise TrainingDiverged(f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        constrain_(model)
-        step += 1
-        recent = (recent + [loss_value])[-cfg.eval_every:]
-        train_seconds += time.perf_counter() - t0
-        bar.update(1)
-        if step in ckpt_steps:
-            save_model(model, run_dir / "checkpoints" / f"step_{step:07d}.safetensors")
-        if step in ckpt_steps and cfg.eval_at_checkpoints and not (step % cfg.eval_every == 0 or step == cfg.steps):
-            log_eval()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            row = log_eval()
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")
-            save_resume({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                          "train_seconds": train_seconds, "recent": recent,
-                          "config": json.dumps(identity, sort_keys=True)}, resume_path)
+    try:  # Ctrl-C: the CLI prints one line naming the step; a rerun resumes from the rolling resume.pt
+        while step < cfg.steps and not reached_stop():
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            batch = _to(task.sample(cfg.batch_size, data_gen), device)
+            interventions.at(step)
+            loss = batch_loss(forward(batch.tokens), batch, cfg.loss_on)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):  # stop before the update: the last checkpoints stay finite
+                write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
+                raise TrainingDiverged(f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            interventions.after_backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            constrain_(model)
+            interventions.after_update()
+            step += 1
+            recent = (recent + [loss_value])[-cfg.eval_every:]
+            train_seconds += time.perf_counter() - t0
+            bar.update(1)
+            if step in ckpt_steps:
+                save_model(model, run_dir / "checkpoints" / f"step_{step:07d}.safetensors")
+            if step in ckpt_steps and cfg.eval_at_checkpoints and not (step % cfg.eval_every == 0 or step == cfg.steps):
+                log_eval()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                row = log_eval()
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['induction_acc']:.3f}")
+                save_resume({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                              "train_seconds": train_seconds, "recent": recent,
+                              "config": json.dumps(identity, sort_keys=True)}, resume_path)
+    except KeyboardInterrupt:
+        bar.close()
+        raise TrainingInterrupted(step) from None
     bar.close()
+    interventions.close()
     final = run_dir / "checkpoints" / f"step_{step:07d}.safetensors"
     if cfg.n_checkpoints > 0 and not final.exists():  # stopped between scheduled checkpoints: keep the last model
         save_model(model, final)
@@ -279,7 +293,7 @@ def summarize(rows: list[dict], threshold: float = 0.9) -> dict:
     hit = next((r for r in rows if float(r["induction_acc"]) >= threshold), None)
     return {
         "final_step": int(last["step"]),
-        "final_train_loss": float(last["train_loss"]),
+        "final_train_loss": float(last["train_loss"]) if last["train_loss"] not in (None, "") else float("nan"),
         "final_eval_loss": float(last["eval_loss"]),
         "final_induction_acc": float(last["induction_acc"]),
         "best_induction_acc": max(float(r["induction_acc"]) for r in rows),
