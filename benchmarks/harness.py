@@ -138,3 +138,37 @@ def samples_per_round(step: Callable[[], None], device: torch.device) -> int:
 def ms_per_call(times: dict[str, list[float]]) -> dict[str, float]:
     """Median milliseconds per call of each variant."""
     return {n: round(1e3 * statistics.median(t), 3) for n, t in times.items()}
+
+
+def trainer_loop_step(model: torch.nn.Module, cfg, shape: Shape, device: torch.device, schedule=None) -> Callable[[], None]:
+    """The body of `kvshift_lens.training.trainer.train`'s loop (lr schedule, sampling, batch_loss, clip, constrain,
+    `.item()`) for `model` on induction at `shape`; `schedule` (an `InterventionSchedule`) adds its calls."""
+    from kvshift_lens.data.tasks.base import make_task, task_config
+    from kvshift_lens.models.transformer import constrain_
+    from kvshift_lens.training.trainer import _to, batch_loss, lr_at, make_optimizer
+
+    opt = make_optimizer(model, cfg)
+    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
+    gen = torch.Generator().manual_seed(0)
+    state = {"step": 0}
+
+    def step() -> None:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state["step"], cfg)
+        batch = _to(task.sample(cfg.batch_size, gen), device)
+        if schedule is not None:
+            schedule.at(state["step"])
+        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if schedule is not None:
+            schedule.after_backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        constrain_(model)
+        if schedule is not None:
+            schedule.after_update()
+        loss.item()
+        state["step"] += 1
+
+    return step

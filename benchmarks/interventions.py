@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from benchmarks.harness import Context, Shape, interleaved, ms_per_call, ratio, samples_per_round
+from benchmarks.harness import Context, Shape, interleaved, ms_per_call, ratio, samples_per_round, trainer_loop_step
 
 TARGETS = {"intervention_step_ratio": ("<=", 1.5)}  # a clamped training step vs a plain one
 FULL_SHAPE = Shape(2, 64, 64, 64)  # vanilla 2L at the default training shape
@@ -25,42 +25,18 @@ CLAMPS: dict[str, Optional[tuple[str, Optional[list[int]]]]] = {  # variant -> (
 
 def trainer_step(shape: Shape, clamp: Optional[tuple[str, Optional[list[int]]]], device: torch.device) -> Callable[[], None]:
     """The body of `trainer.train`'s loop for vanilla `shape`, with the intervention calls and `clamp` on layer 0."""
-    from kvshift_lens.data.tasks.base import make_task, task_config
     from kvshift_lens.models.config import ModelConfig
-    from kvshift_lens.models.transformer import build_module, constrain_
+    from kvshift_lens.models.transformer import build_module
     from kvshift_lens.training.intervention_hooks import InterventionSchedule
     from kvshift_lens.training.interventions import Intervention
     from kvshift_lens.training.train_config import TrainConfig
-    from kvshift_lens.training.trainer import _to, batch_loss, lr_at, make_optimizer
 
     model = build_module(ModelConfig(mixer="none", n_layers=shape.n_layers, d_model=shape.d_model,
                                      n_heads=shape.n_heads, d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0))
     model = model.to(device).train()
     ivs = [Intervention("blocks.0.attn.hook_pattern", "clamp", clamp[0], heads=clamp[1])] if clamp else []
     cfg = TrainConfig(batch_size=shape.batch, interventions=ivs)
-    schedule = InterventionSchedule(model, ivs, cfg.steps, shape.seq)
-    opt = make_optimizer(model, cfg)
-    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
-    gen = torch.Generator().manual_seed(0)
-    state = {"step": 0}
-
-    def step() -> None:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(state["step"], cfg)
-        batch = _to(task.sample(cfg.batch_size, gen), device)
-        schedule.at(state["step"])
-        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        schedule.after_backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        constrain_(model)
-        schedule.after_update()
-        loss.item()
-        state["step"] += 1
-
-    return step
+    return trainer_loop_step(model, cfg, shape, device, InterventionSchedule(model, ivs, cfg.steps, shape.seq))
 
 
 def bench_interventions(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from benchmarks.harness import (Context, Shape, interleaved, make_step, model_config, ms_per_call, ratio,
-                                samples_per_round)
+                                samples_per_round, trainer_loop_step)
 from benchmarks.reference import RefModel
 
 TARGETS = {  # worst case over the shapes, on the 2-core CPU
@@ -26,33 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
-    """The body of `kvshift_lens.training.trainer.train`'s loop (sampling, batch_loss, clip, constrain, .item())."""
-    from kvshift_lens.data.tasks.base import make_task, task_config
-    from kvshift_lens.models.transformer import build_module, constrain_
+    """The body of `kvshift_lens.training.trainer.train`'s loop for KV-shift 1L at `shape` (`trainer_loop_step`)."""
+    from kvshift_lens.models.transformer import build_module
     from kvshift_lens.training.train_config import TrainConfig
-    from kvshift_lens.training.trainer import _to, batch_loss, lr_at, make_optimizer
 
     model = build_module(model_config(shape, "kvshift")).to(device).train()
-    cfg = TrainConfig(batch_size=shape.batch)
-    opt = make_optimizer(model, cfg)
-    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
-    gen = torch.Generator().manual_seed(0)
-    state = {"step": 0}
-
-    def step() -> None:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(state["step"], cfg)
-        batch = _to(task.sample(cfg.batch_size, gen), device)
-        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        constrain_(model)
-        loss.item()
-        state["step"] += 1
-
-    return step
+    return trainer_loop_step(model, TrainConfig(batch_size=shape.batch), shape, device)
 
 
 def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: bool, warmup: int = 3) -> dict:

@@ -146,7 +146,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
         "grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`, docs/protocol.md): a run *succeeds* when held-out induction "
         f"accuracy reaches {phase.PROTOCOL.threshold:.0%} (it stops there); otherwise it *failed* if it plateaued "
-        f"({plateau_text(phase.PROTOCOL)}; `kvshift_lens/report/run_labels.py`), else it is *censored* (possibly still "
+        f"({plateau_text(phase.PROTOCOL)}; `kvshift_lens/report/plateau.py`), else it is *censored* (possibly still "
         "improving: never counted as a failure). A cell and seed succeeds if any learning rate does, is censored if any "
         "is, else failed; a cell succeeds when ≥ 2/3 of seeds do; the frontier is the smallest such width (\"≤\" at the "
         "narrowest width tried). The depth claim's tests are one family, Holm-adjusted; a verdict that changes with the "

@@ -224,7 +224,16 @@ LONG = [a for a in TINY if not a.startswith("train.steps")] + ["train.steps=1000
 def test_ctrl_c_during_training_prints_one_line_naming_the_step_and_exits_130(tmp_path):
     r = interrupt(*LONG, out=tmp_path, when=lambda: any(tmp_path.rglob("resume.pt")))
     assert r.returncode == 130, r.stderr
-    assert re.fullmatch(r"interrupted at step \d+; rerun the same command to resume", r.stderr.strip()), r.stderr
+    assert re.fullmatch(r"interrupted at step \d+; rerun the same command to resume from step \d+", r.stderr.strip()), r.stderr
+
+
+def test_the_interrupt_line_says_a_rerun_starts_over_when_no_resume_point_was_written_yet():
+    from kvshift_lens.core.errors import interrupt_message
+
+    assert interrupt_message(23, 0) == ("interrupted at step 23, before its first resume point; "
+                                        "rerun the same command to start it again")
+    assert interrupt_message(123, 100) == "interrupted at step 123; rerun the same command to resume from step 100"
+    assert interrupt_message(None, None) == "interrupted; rerun the same command to resume"
 
 
 def test_ctrl_c_in_a_joblib_sweep_prints_one_line_and_no_leaked_semaphore_warning(tmp_path):

@@ -118,6 +118,26 @@ def test_a_clamp_changes_the_output_and_the_edits_leave_with_the_window():
     assert torch.equal(model(TOKENS), plain)
 
 
+def test_a_previous_token_clamp_makes_layer_0_write_the_value_of_the_token_before_and_still_trains_v_and_o():
+    """What the all-heads clamp computes (docs/interventions.md, Known results): layer 0's output at t is exactly
+    W_O W_V LN(x_{t-1}) (query 0: the [BOS] itself), gradients reach W_V and W_O, and none reach W_Q or W_K."""
+    model = build_module(ModelConfig(mixer="none", n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=SEQ, seed=0))
+    attn = attention_layers(model)[0]
+    schedule = InterventionSchedule(model, [Intervention("blocks.0.attn.hook_pattern", "clamp", "previous_token")],
+                                    steps=10, seq_len=SEQ)
+    schedule.at(0)
+    seen = {}
+    handles = [attn.register_forward_pre_hook(lambda m, args, kwargs: seen.update(x=args[0]), with_kwargs=True),
+               attn.register_forward_hook(lambda m, args, out: seen.update(out=out[0]))]
+    model(TOKENS).logsumexp(-1).mean().backward()
+    for h in handles:
+        h.remove()
+    v = attn.v(seen["x"])  # [batch, pos, heads·d_head]
+    torch.testing.assert_close(seen["out"], attn.o(torch.cat([v[:, :1], v[:, :-1]], 1)))
+    assert attn.q.weight.grad is None and attn.k.weight.grad is None
+    assert attn.v.weight.grad.abs().sum() > 0 and attn.o.weight.grad.abs().sum() > 0
+
+
 def test_an_edit_that_writes_the_value_the_hook_holds_leaves_the_forward_bit_identical():
     model = build_module(KV_2L)
     plain = model(TOKENS)
@@ -213,7 +233,8 @@ BAD = [  # (case, intervention, text of the one line)
      "value has shape [1, 3], which does not broadcast to the hook's shape without the batch axis [2, 16, 16]"),
     ("window", Intervention("blocks.0.attn.hook_v", "zero", start=30), "the window [30, None) lies outside"),
     ("heads", Intervention("blocks.0.attn.hook_z", "zero", heads=[2]), "heads=[2]: out of range, the hook has 2 heads"),
-    ("pattern-name", Intervention("blocks.0.attn.hook_v", "clamp", "induction"), "value='induction': expected a number"),
+    ("pattern-name", Intervention("blocks.0.attn.hook_v", "clamp", "induction"),
+     "value='induction' is an attention pattern: it clamps a blocks.<layer>.attn.hook_pattern hook"),
     ("empty-heads", Intervention("blocks.0.attn.hook_pattern", "clamp", "previous_token", heads=[]), "list each head once"),
 ]
 
@@ -420,3 +441,12 @@ def test_the_cpu_and_cluster_profiles_compose_with_every_arm():
         assert len(jobs) == n_jobs, experiment
         groups = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("+interventions=")}
         assert groups <= set(GROUP_MODELS) and {"ablate_l0h3", "lags_off_canon"} <= groups, groups
+
+
+def test_a_pattern_value_on_a_misspelled_hook_names_the_hook_a_pattern_belongs_to():
+    from kvshift_lens.core.errors import ConfigError
+    from kvshift_lens.training.interventions import Intervention
+
+    with pytest.raises(ConfigError, match=r"is an attention pattern: it clamps a blocks.<layer>.attn.hook_pattern "
+                                          r"hook, not 'blocks.0.attn.hook_patern'"):
+        Intervention(hook="blocks.0.attn.hook_patern", action="clamp", value="previous_token").validate()

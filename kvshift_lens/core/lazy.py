@@ -5,6 +5,7 @@ completion still show every export."""
 from __future__ import annotations
 
 import importlib
+import types
 import warnings
 from typing import Any, Callable, Mapping
 
@@ -23,7 +24,9 @@ def lazy_namespace(package: str, namespace: dict[str, Any], exports: Mapping[str
             return getattr(importlib.import_module(moved[name]), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(exports))
+    def __dir__() -> list[str]:  # the exports and the subpackages, not the helpers the namespace imported
+        subpackages = {n for n, v in namespace.items() if getattr(v, "__name__", "").startswith(package + ".")
+                       and isinstance(v, types.ModuleType)}
+        return sorted(set(exports) | subpackages | {"__doc__", "__name__", "__path__"})
 
     return __getattr__, __dir__

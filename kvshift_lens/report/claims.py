@@ -8,7 +8,7 @@ cannot decide; `tests/test_claims.py` drives each rule to every outcome it can r
 
 Per-run success / failure / censored outcomes come from the capacity protocol
 (`report.protocol.run_outcomes`: success = 90 % held-out accuracy reached; failure = plateaued
-below it by the noise-aware rule of `report.run_labels`; censored = possibly still improving when
+below it by the noise-aware rule of `report.plateau`; censored = possibly still improving when
 the budget ran out). Every finder that reads run outcomes takes the `Protocol` as a parameter, so
 `report.robustness` can recompute it under other thresholds.
 

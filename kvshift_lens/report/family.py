@@ -447,7 +447,7 @@ def markdown(spec: dict, runs: pd.DataFrame, cell_table: pd.DataFrame, fam: pd.D
         f"{provenance.wall_text(record)}; `{paths['provenance'].name}` has the commit, grids and timings.", "",
         "**Protocol** (`kvshift_lens/report/protocol.py`): a run *succeeds* when held-out accuracy at the scored positions "
         f"reaches {PROTOCOL.threshold:.0%} (it stops there), *fails* when it plateaued below ({plateau_text(PROTOCOL)}; "
-        "`kvshift_lens/report/run_labels.py`), else it is *censored* and never counted as a failure. A cell (task, "
+        "`kvshift_lens/report/plateau.py`), else it is *censored* and never counted as a failure. A cell (task, "
         "mixer, layers, d_model) and seed succeeds if any learning rate "
         f"({', '.join(f'{x:g}' for x in lrs)}) does, is censored if any is, else failed; a cell succeeds when ≥ 2/3 of "
         "seeds do; the frontier is the smallest succeeding d_model (\"≤\" at the narrowest width tried). **Search** "

@@ -7,7 +7,7 @@ rates spanning >= 10x, and judged by its best one:
 
 1. **Per run** (`run_outcomes`): *success* if the metric reaches `threshold` at an evaluation; else *failure*
    if it has plateaued — the upper confidence bound of its tail slope, projected over a doubling of its budget,
-   lies below `plateau_gain` (`report.run_labels`, the plateau rule, which weighs the slope against the run's own
+   lies below `plateau_gain` (`report.plateau`, the plateau rule, which weighs the slope against the run's own
    evaluation noise) — or diverged (the trainer's `status`); else *censored*: possibly still improving when the
    budget ran out, so the run says nothing about capacity and is never counted as a failure.
 2. **Per cell and seed** (`cell_results`): a success if any learning rate succeeds (the earliest one is reported);
@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kvshift_lens.report.run_labels import tail_fit
+from kvshift_lens.report.plateau import tail_fit
 from kvshift_lens.report.verdicts import CENSORED, FAILURE, SUCCESS
 from kvshift_lens.training.train_config import TrainConfig
 
@@ -70,7 +70,7 @@ CELL_COLUMNS = ["lr", "n_lrs", "lr_span", "lr_at_edge", "outcome", "censored", "
 def run_outcomes(curves: pd.DataFrame, keys: Sequence[str], p: Protocol = Protocol()) -> pd.DataFrame:
     """One row per run of a tidy learning-curve frame (run × evaluation step): `keys` (cell keys, lr, seed,
     anything constant per run), then RUN_COLUMNS. `outcome` is success / failure / censored (module doc);
-    `gain_last` (running-best gain over the tail) is descriptive, the label comes from `run_labels.tail_fit`."""
+    `gain_last` (running-best gain over the tail) is descriptive, the label comes from `plateau.tail_fit`."""
     rows = []
     for run, g in curves.sort_values(p.step).groupby(p.run, sort=True):
         diverged = p.status in g and (g[p.status] == "diverged").any()

@@ -72,6 +72,9 @@ class Intervention:
             pattern = self.hook.endswith(".hook_pattern")
             allowed = PATTERNS if pattern else COEFFICIENT_VALUES if self.is_coefficients else ()
             if self.value not in allowed:
+                if self.value in PATTERNS:  # a pattern on a hook that is not a pattern: often a misspelled hook name
+                    raise ConfigError(f"{self.where}.value={self.value!r} is an attention pattern: it clamps a "
+                                      f"blocks.<layer>.attn.hook_pattern hook, not {self.hook!r}")
                 what = f"one of {list(allowed)}" if allowed else "a number or a nested list"
                 raise ConfigError(f"{self.where}.value={self.value!r}: expected {what} for this hook")
         elif self.value is not None and not _finite(self.value):

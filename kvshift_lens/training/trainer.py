@@ -189,6 +189,7 @@ def train(
     for where in ("threads", "device", "compile"):  # how a run executes does not change what it computes (up to rounding)
         identity["train"].pop(where)
     step, train_seconds, rows, recent = 0, 0.0, [], []
+    saved = 0  # the step the rolling resume state holds (0: none yet, a rerun starts over)
     if resume_path.exists():
         state = load_resume(resume_path)
         if not same_run(state.get("config"), identity):
@@ -200,6 +201,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])  # unused by our code; kept for user hooks
         step, train_seconds, recent = int(state["step"]), float(state["train_seconds"]), list(state["recent"])
         rows = _read_metrics(metrics_path, step)
+        saved = step
     _write_text(run_dir / "config.json", json.dumps(json.loads(run_config), indent=2))
     started = time.perf_counter()
 
@@ -275,9 +277,10 @@ def train(
                               "data_rng": data_gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
                               "train_seconds": train_seconds, "recent": recent,
                               "config": json.dumps(identity, sort_keys=True)}, resume_path)
+                saved = step
     except KeyboardInterrupt:
         bar.close()
-        raise TrainingInterrupted(step) from None
+        raise TrainingInterrupted(step, saved) from None
     bar.close()
     interventions.close()
     final = run_dir / "checkpoints" / f"step_{step:07d}.safetensors"

@@ -17,7 +17,7 @@ gain over the last steps (the rule before issue 19) labels noise. Here the tail 
 
 A late phase change (2-layer vanilla: flat at ~0.15 until step ~900, then 0.92 by step 1,150) cut early has a
 short, noisy tail whose bound is wide, so it stays censored; a long flat tail with small noise is plateaued
-(`tests/test_run_labels.py`).
+(`tests/test_plateau.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The plateau rule (`report.run_labels`) on synthetic learning curves: plateaued only when the tail's improvement
+"""The plateau rule (`report.plateau`) on synthetic learning curves: plateaued only when the tail's improvement
 is significantly below the practical gain, weighed against the run's own evaluation noise."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from kvshift_lens.report import protocol as P
-from kvshift_lens.report.run_labels import MIN_POINTS, tail_fit
+from kvshift_lens.report.plateau import MIN_POINTS, tail_fit
 from kvshift_lens.report.verdicts import CENSORED, FAILURE
 
 RNG = np.random.default_rng(0)
