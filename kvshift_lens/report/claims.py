@@ -125,7 +125,7 @@ def paired_effect(a: Sequence[float], b: Sequence[float], margin: float, bounds:
     outcome = REPRODUCED if p < ALPHA else NOT_REPRODUCED if hi + shift < margin else INCONCLUSIVE
     return Verdict(outcome,
                    f"{what}, paired by seed: exact sign-flip test one-sided at {ALPHA} (reproduced if the mean exceeds "
-                   f"{-shift:g}); not reproduced if its 90 % {interval_method(n, bounds)} lies below {margin - shift:g}",
+                   f"{0.0 - shift:g}); not reproduced if its 90 % {interval_method(n, bounds)} lies below {margin - shift:g}",
                    baseline, [f"difference {fmt_ci(mean, lo, hi, digits)} (90 %) over {n} seeds; {fmt_p(p)}"],
                    p=p, p_reverse=p_rev if outcome == NOT_REPRODUCED else math.nan)
 
