@@ -37,12 +37,12 @@ TURN_MIN_BEND = 0.05  # a turn must lie this fraction of the trajectory's span o
 
 @torch.no_grad()
 def per_token_losses(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """−log P(x_p | x_<p) of every token: tokens [batch, T] -> [batch, T], column 0 NaN (`token_losses`)."""
+    """−log P(x_p | x_<p) of every token: `tokens` [batch, T] -> [batch, T] float, column 0 NaN (`token_losses`)."""
     return token_losses(model(tokens), tokens)
 
 
 def loss_by_position(losses: torch.Tensor) -> torch.Tensor:
-    """Olsson et al.'s loss by token index: the batch mean of `per_token_losses` [batch, T] -> [T] (0: NaN)."""
+    """Olsson et al.'s loss by token index: batch mean of `losses` [batch, T] (`per_token_losses`) -> [T] (0: NaN)."""
     return losses.mean(0)
 
 

@@ -52,7 +52,7 @@ def repeated_tokens(
 
 
 def repeat_period(tokens: torch.Tensor) -> int:
-    """Period L of a `[BOS] r r` batch [batch, 1 + 2L]; ValueError for any other batch."""
+    """Period L of a `[BOS] r r` batch, `tokens` [batch, 1 + 2L] -> int; ValueError for any other batch."""
     seq = tokens.shape[1]
     period = (seq - 1) // 2
     if seq < 3 or seq % 2 == 0 or not torch.equal(tokens[:, 1 : 1 + period], tokens[:, 1 + period :]):
@@ -64,7 +64,8 @@ def repeat_period(tokens: torch.Tensor) -> int:
 
 
 def scored_mask(tokens: torch.Tensor, period: int) -> torch.Tensor:
-    """True where the NEXT token is predictable by induction (t in [L+1, T-2]): [batch, T] bool."""
+    """True where the NEXT token is predictable by induction (t in [L+1, T-2]): `tokens` [batch, T] ->
+    [batch, T] bool."""
     pos = torch.arange(tokens.shape[1], device=tokens.device)
     return ((pos > period) & (pos < tokens.shape[1] - 1)).expand_as(tokens)
 
@@ -72,12 +73,13 @@ def scored_mask(tokens: torch.Tensor, period: int) -> torch.Tensor:
 # --- detection targets: bool [batch or 1, q, k], True where a query should attend -------------
 
 def previous_targets(seq_len: int) -> torch.Tensor:
-    """Key t-1 for every query t >= 1."""
+    """Key t-1 for every query t >= 1: -> [1, seq_len, seq_len] bool (query, key)."""
     return torch.ones(seq_len - 1, dtype=torch.bool).diag(-1)[None]
 
 
 def induction_rows(tokens: torch.Tensor) -> torch.Tensor:
-    """Second-copy queries of a `[BOS] r r` batch whose token occurs once in r: [batch, T] bool."""
+    """Second-copy queries of a `[BOS] r r` batch whose token occurs once in r: `tokens` [batch, T] ->
+    [batch, T] bool."""
     period = repeat_period(tokens)
     r = tokens[:, 1 : 1 + period]
     unique = (r[:, :, None] == r[:, None, :]).sum(-1) == 1  # [batch, L]; False for accidental repeats
@@ -85,20 +87,22 @@ def induction_rows(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def induction_targets(tokens: torch.Tensor) -> torch.Tensor:
-    """Key t-L+1 (the token after the earlier occurrence) for every `induction_rows` query t."""
+    """Key t-L+1 (the token after the earlier occurrence) for every `induction_rows` query t:
+    `tokens` [batch, T] -> [batch, T, T] bool (query, key)."""
     seq, period = tokens.shape[1], repeat_period(tokens)
     diagonal = torch.ones(seq - period + 1, dtype=torch.bool, device=tokens.device).diag(1 - period)
     return diagonal[None] & induction_rows(tokens)[:, :, None]
 
 
 def duplicate_targets(tokens: torch.Tensor) -> torch.Tensor:
-    """Keys s < t holding the same token as the query."""
+    """Keys s < t holding the same token as the query: `tokens` [batch, T] -> [batch, T, T] bool (query, key)."""
     same = tokens[:, :, None] == tokens[:, None, :]  # [batch, q, k]
     return same.tril(-1)
 
 
 def prefix_targets(tokens: torch.Tensor) -> torch.Tensor:
-    """Keys s <= t whose previous token equals the query's token (the tokens that followed it)."""
+    """Keys s <= t whose previous token equals the query's token (the tokens that followed it):
+    `tokens` [batch, T] -> [batch, T, T] bool (query, key)."""
     before = F.pad(tokens[:, :-1], (1, 0), value=-1)  # before[s] = tokens[s-1]; none at s = 0
     return (tokens[:, :, None] == before[:, None, :]).tril()
 
@@ -122,7 +126,8 @@ def induction_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 
 
 def prefix_matching(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Olsson et al.: attention mass on every token that followed an earlier occurrence of the query's token."""
+    """Olsson et al.: attention mass on every token that followed an earlier occurrence of the query's token:
+    `pattern` [batch, *heads, T, T], `tokens` [batch, T] -> [*heads]."""
     return target_attention(pattern, prefix_targets(tokens))
 
 
@@ -132,7 +137,8 @@ def previous_token_score(pattern: torch.Tensor) -> torch.Tensor:
 
 
 def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Attention mass on earlier occurrences of the query's token, over queries that have one."""
+    """Attention mass on earlier occurrences of the query's token, over queries that have one:
+    `pattern` [batch, *heads, T, T], `tokens` [batch, T] -> [*heads]."""
     return target_attention(pattern, duplicate_targets(tokens))
 
 
@@ -227,7 +233,8 @@ def copying_score(model: TransformerBridge) -> torch.Tensor:
 @torch.no_grad()
 def copying_boost_share(model: TransformerBridge) -> torch.Tensor:
     """Our own earlier variant (not the literature's): per source token a, the share r_a of the positive,
-    mean-subtracted logit boosts of the head's direct OV row that lands on a itself; score = mean of 2·r_a − 1.
+    mean-subtracted logit boosts of the head's direct OV row that lands on a itself; score = mean of 2·r_a − 1:
+    -> [layer, head].
 
     Range [−1, 1], but a head of rank d_head over V tokens cannot reach 1: its rows boost many tokens,
     so an ideal rank-16 copier over 64 tokens scores about −0.70. Compare heads with each other only.
@@ -255,7 +262,10 @@ def _loss_acc(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) ->
 @torch.no_grad()
 def ablation_drop(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Tensor) -> pd.DataFrame:
     """Loss increase and accuracy drop at `mask`ed positions when one head's `hook_z` is zeroed or
-    replaced by its batch mean (per position); all heads of a layer in one batched run."""
+    replaced by its batch mean (per position); all heads of a layer in one batched run.
+
+    `tokens` [batch, T] int64, `mask` [batch, T] bool (True at t: token t + 1 scored) -> tidy rows (COLUMNS).
+    """
     tokens, mask = tokens.to(_device(model)), mask.to(_device(model))
     n_heads, batch = model.cfg.n_heads, tokens.shape[0]
     names = [get_act_name("z", layer) for layer in range(model.cfg.n_layers)]
@@ -314,7 +324,7 @@ def ablate_heads(model: TransformerBridge, tokens: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def icl_score(model: TransformerBridge, tokens: torch.Tensor) -> float:
-    """Olsson et al. ICL score of `model` on `tokens` [batch, T] (`icl_from_token_losses`; < 0: ICL)."""
+    """Olsson et al. ICL score of `model` on `tokens` [batch, T] int64 -> float (`icl_from_token_losses`; < 0: ICL)."""
     tokens = tokens.to(_device(model))
     return icl_from_token_losses(token_losses(model(tokens), tokens))
 

@@ -48,7 +48,7 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def induction_head_operator(x: torch.Tensor, m: float, sigma: float, keys: str = "interior") -> torch.Tensor:
-    """Definition 1 (Eq. 7) at every position t of x [batch, T, d]:
+    """Definition 1 (Eq. 7) at every position t of `x` [batch, T, d] -> [batch, T, d]:
     IH_t = Σ_s softmax_s(x_t·x_{s-1}/σ − m·(t−s)) x_s over s = 1..t-1; zero where the sum is empty.
 
     `keys` widens the sum to the boundary keys a real layer sees ("causal": s = 0..t), with
@@ -263,7 +263,10 @@ def _like_input(result: torch.Tensor, *inputs: Scalar) -> Union[float, torch.Ten
 
 def theorem3_loss(alpha1: Scalar, beta1: Scalar, o_t: Scalar) -> Union[float, torch.Tensor]:
     """Eq. 10: L = −log(e^{a2β1+β2/S} / (e^{a2β1+β2/S} + 2e^{β1/S+β2a2} + e^{2a1β1+a2β2} + O(T))),
-    a_j = e^{α_j}/S, S = e^{α2} + 2e^{α1} + O(T), α2 = 1−α1, β2 = 1−β1. Broadcasts; floats in -> float out."""
+    a_j = e^{α_j}/S, S = e^{α2} + 2e^{α1} + O(T), α2 = 1−α1, β2 = 1−β1. Broadcasts; floats in -> float out.
+
+    `alpha1`, `beta1`, `o_t` [*shape] (float, tensor or array; broadcastable) -> [*shape] (their broadcast).
+    """
     beta1_, beta2, o_t_, a1, a2, target, neighbour = _landscape_terms(alpha1, beta1, o_t)
     own = 2 * a1 * beta1_ + a2 * beta2  # predicting x_i itself
     denominator = torch.exp(target) + 2 * torch.exp(neighbour) + torch.exp(own) + o_t_
@@ -272,7 +275,8 @@ def theorem3_loss(alpha1: Scalar, beta1: Scalar, o_t: Scalar) -> Union[float, to
 
 def theorem3_loss_script(alpha1: Scalar, beta1: Scalar, o_t: Scalar) -> Union[float, torch.Tensor]:
     """App. E's printed `f`: Eq. 10 but with `a2+beta2` for a2·β2 in the x_i logit and e^{O(T)} for
-    O(T) in the denominator (S keeps O(T)). Same broadcasting and types as `theorem3_loss`."""
+    O(T) in the denominator (S keeps O(T)). Same broadcasting and types as `theorem3_loss`:
+    `alpha1`, `beta1`, `o_t` [*shape] -> [*shape]."""
     beta1_, beta2, o_t_, a1, a2, target, neighbour = _landscape_terms(alpha1, beta1, o_t)
     own = 2 * a1 * beta1_ + a2 + beta2
     denominator = torch.exp(target) + 2 * torch.exp(neighbour) + torch.exp(own) + torch.exp(o_t_)
@@ -282,7 +286,8 @@ def theorem3_loss_script(alpha1: Scalar, beta1: Scalar, o_t: Scalar) -> Union[fl
 def theorem3_gradient(
     alpha1: Scalar, beta1: Scalar, o_t: Scalar, loss: Callable = theorem3_loss
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂α1, ∂L/∂β1) by autograd along α2 = 1−α1, β2 = 1−β1, broadcast to a common shape."""
+    """(∂L/∂α1, ∂L/∂β1) by autograd along α2 = 1−α1, β2 = 1−β1: `alpha1`, `beta1` [*shape] (broadcastable;
+    `o_t` broadcastable to it) -> ([*shape], [*shape]) tensors, [*shape] the broadcast of alpha1 and beta1."""
     a, b, o = _as_tensors(alpha1, beta1, o_t)
     a, b = torch.broadcast_tensors(a.detach().clone(), b.detach().clone())
     a, b = a.contiguous().requires_grad_(True), b.contiguous().requires_grad_(True)

@@ -22,17 +22,17 @@ def icl_positions(seq_len: int) -> tuple[int, int]:
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Loss of every token given the ones before it: [batch, T], column p = −log P(x_p | x_<p), column 0 NaN.
+    """Loss of every token given the ones before it: column p = −log P(x_p | x_<p), column 0 NaN.
 
-    logits [batch, T, vocab] (position t predicts t + 1); tokens [batch, T].
+    `logits` [batch, T, vocab] (position t predicts t + 1), `tokens` [batch, T] int64 -> [batch, T] float32.
     """
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), tokens[:, 1:], reduction="none")  # [batch, T-1]
     return F.pad(nll, (1, 0), value=float("nan"))
 
 
 def icl_from_token_losses(losses: torch.Tensor) -> float:
-    """Olsson et al.'s in-context-learning score from `token_losses` [batch, T]: mean loss of the late
-    token minus mean loss of the early one (`icl_positions`); negative when later context helps."""
+    """Olsson et al.'s in-context-learning score, `losses` [batch, T] (`token_losses`) -> float: mean loss of
+    the late token minus mean loss of the early one (`icl_positions`); negative when later context helps."""
     early, late = icl_positions(losses.shape[1])
     return (losses[:, late].mean() - losses[:, early].mean()).item()
 
@@ -40,7 +40,7 @@ def icl_from_token_losses(losses: torch.Tensor) -> float:
 def icl_band_from_token_losses(losses: torch.Tensor) -> float:
     """`icl_band_score`, our variant of the ICL score for small evaluation sets: each of Olsson's two token
     indices is replaced by the mean over the round(T/16) indices ending at it (at T = 256: tokens 9-24
-    and 234-249), which averages out most of the single-token noise; losses [batch, T] -> float."""
+    and 234-249), which averages out most of the single-token noise; `losses` [batch, T] -> float."""
     early, late = icl_positions(losses.shape[1])
     width = min(max(round(losses.shape[1] / ICL_BAND_FRACTION), 1), early)
     return (losses[:, late - width + 1 : late + 1].mean() - losses[:, early - width + 1 : early + 1].mean()).item()

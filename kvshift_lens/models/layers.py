@@ -34,7 +34,7 @@ def _raw(module: Optional[nn.Module]) -> Optional[nn.Module]:
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """Standard ALiBi slopes 2^(-8h/n), h = 1..n (Press et al. 2022)."""
+    """Standard ALiBi slopes 2^(-8h/n), h = 1..n (Press et al. 2022): -> [n_heads] float."""
     return torch.tensor([2.0 ** (-8.0 * (h + 1) / n_heads) for h in range(n_heads)])
 
 

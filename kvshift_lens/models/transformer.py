@@ -157,8 +157,8 @@ def attention_layers(model: Model) -> list[MixerAttention]:
 
 
 def bare_state_dict(model: Model) -> dict[str, torch.Tensor]:
-    """All persistent tensors under bare-module names (the bridge's own `state_dict()` drops
-    anything not named weight/bias on a mapped component)."""
+    """All persistent tensors under bare-module names: -> {name: tensor [*that parameter's/buffer's own shape]}
+    (the bridge's own `state_dict()` drops anything not named weight/bias on a mapped component)."""
     root = bare_module(model)
     sd = {}
     for key, value in nn.Module.state_dict(root).items():
@@ -184,7 +184,7 @@ def constrain_(model: Model) -> None:
             m.project_()
 
 
-def attach_tokenizer(model, tokenizer: AnyTokenizer, **special_tokens: str) -> PreTrainedTokenizerFast:
+def attach_tokenizer(model: Model, tokenizer: AnyTokenizer, **special_tokens: str) -> PreTrainedTokenizerFast:
     """Give `model` (a bare module or a bridge) `tokenizer`; `save_model` stores it, `load_model` restores it.
 
     Returns the `PreTrainedTokenizerFast` attached (see `as_hf_tokenizer` for `special_tokens`). Its

@@ -163,13 +163,16 @@ def _group_by_token(tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def previous_occurrence(tokens: Tensor) -> Tensor:
-    """Index of the most recent earlier occurrence of each token (-1 if none): what induction reads."""
+    """Index of the most recent earlier occurrence of each token (-1 if none): what induction reads.
+
+    `tokens` [batch, seq] int -> [batch, seq] int64.
+    """
     _, order, prev_sorted = _group_by_token(tokens)
     return torch.empty_like(order).scatter_(1, order, prev_sorted)  # [batch, seq]
 
 
 def walk(batch: int, length: int, n: int, generator: torch.Generator) -> Tensor:
-    """Uniform walk over n symbols where each step differs from the previous one."""
+    """Uniform walk over n symbols where each step differs from the previous one: -> [batch, length] int64."""
     first = torch.randint(n, (batch, 1), generator=generator)  # [batch, 1]
     steps = 1 + torch.randint(n - 1, (batch, length - 1), generator=generator)  # [batch, length - 1]
     return torch.cat([first, steps], dim=1).cumsum(dim=1) % n  # [batch, length]

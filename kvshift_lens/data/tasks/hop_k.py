@@ -46,7 +46,8 @@ class HopKConfig(TaskConfig):
 
 
 def hop_k(tokens: Tensor, hops: int) -> Tensor:
-    """hop_k answer at every position (-1 where a hop has no earlier occurrence), by pointer jumps."""
+    """hop_k answer at every position (-1 where a hop has no earlier occurrence), by pointer jumps:
+    `tokens` [batch, seq] int64 -> [batch, seq] int64."""
     batch, seq = tokens.shape
     prev = previous_occurrence(tokens)  # [batch, seq]
     dead = torch.full((batch, 1), seq)  # sentinel column: a chain that fell off stays there

@@ -73,7 +73,10 @@ def power_law_gaps(batch: int, n: int, space: int, power_a: float, generator: to
 def recall_batch(context: Tensor, keys: Tensor, values: Tensor, seq_len: int, power_a: float,
                  filler: int, generator: torch.Generator) -> Batch:
     """`context` [batch, C] then keys queried at C + 2·gap, each followed by its value (scored at the
-    query); other positions uniform from [0, filler) (filler 0: all zeros). Shared with stacked_mqar."""
+    query); other positions uniform from [0, filler) (filler 0: all zeros). Shared with stacked_mqar.
+
+    `keys`, `values` [batch, n] int64 -> Batch(tokens [batch, seq_len] int64, mask [batch, seq_len] bool).
+    """
     batch, n = keys.shape
     width = context.shape[1]
     gaps = power_law_gaps(batch, n, (seq_len - width) // 2, power_a, generator)  # [batch, n]

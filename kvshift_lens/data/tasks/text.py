@@ -129,7 +129,10 @@ def lm_metrics(losses: Tensor, tokens: Tensor, bytes_per_token: Tensor) -> dict[
 
 def unigram_cross_entropy(train: Tensor, tokens: Tensor, vocab: int) -> float:
     """Nats per token of the context-free baseline: the train stream's add-one-smoothed token frequencies
-    scored on the predicted tokens `tokens[:, 1:]` (what an LM must beat to use any context)."""
+    scored on the predicted tokens `tokens[:, 1:]` (what an LM must beat to use any context).
+
+    `train` [n_train] int64, `tokens` [batch, seq] int64 -> float.
+    """
     counts = torch.bincount(train, minlength=vocab).double() + 1.0
     logp = (counts / counts.sum()).log()
     return -logp[tokens[:, 1:]].mean().item()
