@@ -93,12 +93,11 @@ def previous_heads(sweep_dir: Path, cells: pd.DataFrame) -> dict[int, int]:
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> dict[str, Path]:
     """Tables, figure, provenance and markdown for the study's finished runs; returns the paths written."""
-    results.mkdir(parents=True, exist_ok=True)
     prefix = spec["name"]
-    paths = {k: results / f"{prefix}{suffix}" for k, suffix in {
+    paths = markdown.output_paths(results, prefix, {
         "cells": "_cells.csv", "free_head": "_free_head.csv", "release": "_release.csv", "png": ".png",
         "timings": "_subcircuits.csv", "order": "_subcircuit_order.csv", "timelines": "_subcircuits.png",
-        "ablation": "_ablation.csv", "family": "_family.csv", "provenance": "_provenance.json", "md": ".md"}.items()}
+        "ablation": "_ablation.csv", "family": "_family.csv", "provenance": "_provenance.json", "md": ".md"})
     curves = study_curves(sweep_dir, spec)
     cells = study.cells(curves)
     head_table, head = study.free_head(cells)

@@ -75,11 +75,10 @@ def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict) -> dict[str, Path]:
     """CSV tables, figure, provenance and the markdown section of the finished study."""
-    results.mkdir(parents=True, exist_ok=True)
-    paths = {k: results / f"{spec['name']}{suffix}" for k, suffix in {
+    paths = markdown.output_paths(results, spec["name"], {
         "csv": ".csv", "families": "_families.csv", "heads": "_heads.csv", "png": ".png",
         "provenance": "_provenance.json", "md": ".md", "verdicts": "_verdicts.csv", "adaptive": "_adaptive.csv",
-        "cannot": "_cannot.csv"}.items()}
+        "cannot": "_cannot.csv"})
     curves = family.finished_curves(sweep_dir, jobs)
     runs = family.typed(family.run_table(curves, sweep_dir))
     if runs.empty:

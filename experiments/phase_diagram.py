@@ -90,13 +90,12 @@ def verdict_lines(cells: pd.DataFrame, trends: pd.DataFrame, frontiers: pd.DataF
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> dict[str, Path]:
     """Tables, figures, provenance and markdown for the study's finished runs; returns the paths written."""
-    results.mkdir(parents=True, exist_ok=True)
     prefix = spec["name"]
-    paths = {k: results / f"{prefix}{suffix}" for k, suffix in {
+    paths = markdown.output_paths(results, prefix, {
         "csv": ".csv", "cells": "_cells.csv", "frontier": "_frontier.csv", "length": "_length.csv",
         "params": "_params.csv", "heatmaps": "_heatmaps.png", "params_png": "_params.png",
         "length_png": "_length.png", "provenance": "_provenance.json", "md": ".md", "verdicts": "_verdicts.csv",
-        "adaptive": "_adaptive.csv", "cannot": "_cannot.csv"}.items()}
+        "adaptive": "_adaptive.csv", "cannot": "_cannot.csv"})
     curves = study_runs(sweep_dir, spec)
     runs = phase.tidy_runs(curves, sweep_dir)
     cells = phase.cells(runs)

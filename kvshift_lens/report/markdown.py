@@ -69,6 +69,13 @@ def splice_section(report: Path, name: str, text: str) -> None:
     report.write_text(body)
 
 
+def output_paths(results: Path, prefix: str, suffixes: Mapping[str, str]) -> dict[str, Path]:
+    """A study's output files, `key -> results/<prefix><suffix>`, with the results folder made (what `finish_study`'s
+    `write_outputs` returns)."""
+    results.mkdir(parents=True, exist_ok=True)
+    return {key: results / f"{prefix}{suffix}" for key, suffix in suffixes.items()}
+
+
 def finish_study(module: str, args: argparse.Namespace, section: str, sweep_dir: Path, started: float,
                  write_outputs: Callable[[dict], Mapping[str, Path]], **fields) -> None:
     """The end of every study command: the provenance record of this invocation (`fields`, its wall time since
