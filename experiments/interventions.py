@@ -1,6 +1,7 @@
 """Interventions during training (issue 20 §2): run the study's sweep, then write results/interventions*.
 
     python -m experiments.interventions                    # CPU profile: sweep + outputs (resumable)
+    python -m experiments.interventions --only mqar_kv_shift mqar_canon mqar_short_conv   # + the family on MQAR
     python -m experiments.interventions --skip-train       # outputs only, from the finished runs
     python -m experiments.interventions --profile cluster  # more seeds and learning rates on SLURM (submitit)
     python -m experiments.interventions --profile tiny --out-dir /tmp/iv --results-dir /tmp/iv/results
@@ -10,12 +11,16 @@ A profile is one `conf/experiment/interventions*.yaml` (`hydra/sweeper=grids`) r
 `conf/interventions/*.yaml` groups (`train.interventions` lists). The outputs read exactly the profile's runs and judge
 them with `kvshift_lens.report.interventions`: a free previous-token head (the share of the vanilla-2L-to-KV-1L gap the
 clamp closes), switching the shift off, then on (the delay after release), Singh et al.'s A/B/C sub-circuit timing (from
-the heads.csv of the detected arms), ablating each seed's strongest layer-0 previous-token head, and the family's lags
-on MQAR.
+the heads.csv of the detected arms), ablating each seed's strongest layer-0 previous-token head, the family's lags
+on MQAR, and the developmental stages (the LLC over checkpoints, computed here for the best-lr vanilla 2L and KV-shift
+1L runs: does the induction bump split into "previous-token, then the rest"?).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,9 +31,12 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
 
+from kvshift_lens.analysis.development import analyze_development  # noqa: E402
 from kvshift_lens.analysis.emergence import read_heads  # noqa: E402
 from kvshift_lens.analysis.subcircuits import SUBCIRCUITS, strongest_previous_head  # noqa: E402
+from kvshift_lens.report import adaptive  # noqa: E402
 from kvshift_lens.report import interventions as study  # noqa: E402
 from kvshift_lens.report import markdown  # noqa: E402
 from kvshift_lens.report.markdown import md_table  # noqa: E402
@@ -37,8 +45,12 @@ from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.training.runs import load_runs, run_status  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = {"cpu": ("interventions", "local_parallel"), "tiny": ("interventions_tiny", "basic"),
-            "cluster": ("interventions_cluster", "cluster_slurm")}  # profile -> (experiment file, launcher)
+FAMILY_GRIDS = ("mqar_kv_shift", "mqar_canon", "mqar_short_conv")  # the family on MQAR: a second CPU command
+ADAPTIVE = {"cpu": adaptive.Adaptive(cap=2, lr_bounds=None), "cluster": adaptive.Adaptive(cap=8),
+            "tiny": adaptive.OFF}  # cpu: censored runs trained on once at a doubled budget, the lr grid as written
+PROFILES = {"cpu": ("interventions", "local_parallel", ("free_head", "ablate_prev_head", "kvshift_1l", "release")),
+            "tiny": ("interventions_tiny", "basic", ()), "cluster": ("interventions_cluster", "cluster_slurm", ())}
+# profile -> (experiment file, launcher, grids trained by default: () = all)
 
 
 def study_curves(sweep_dir: Path, spec: dict) -> pd.DataFrame:
@@ -91,15 +103,50 @@ def previous_heads(sweep_dir: Path, cells: pd.DataFrame) -> dict[int, int]:
     return {seed: head for seed, head in found.items() if head is not None}
 
 
-def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> dict[str, Path]:
-    """Tables, figure, provenance and markdown for the study's finished runs; returns the paths written."""
+def plan(sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> list[list[str]]:
+    """The next adaptive round of the finished runs of `grids` (all when empty): `adaptive.plan_study`."""
+    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec, only=list(grids)), spec["steps"])
+    return list(adaptive.plan_study(runs, policy)["job"])
+
+
+def _develop(run_dir: Path) -> Optional[str]:
+    """The developmental measures of one run, on one torch thread (a worker of `develop`); its error, if any."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        analyze_development(run_dir)
+    except Exception as e:  # one run's failure costs the study only that run's row
+        return f"{run_dir}: {type(e).__name__}: {e}"
+    return None
+
+
+def develop(sweep_dir: Path, cells: pd.DataFrame, n_jobs: int = 1) -> dict[str, dict]:
+    """Loss by position, loss PCA, QK eigenvalues and the LLC (`analysis.development`, default `LLCConfig`) of every
+    best-lr vanilla 2L and KV-shift 1L run whose summary.json lacks them (never computed, or rewritten since by a
+    longer budget), `n_jobs` at a time; run -> its summary.json."""
+    picks = cells[(cells["task"] == study.INDUCTION) & cells["arm"].isin([study.VANILLA, study.KV])]["run"]
+    summary = {run: json.loads((sweep_dir / run / "summary.json").read_text()) for run in picks}
+    todo = [sweep_dir / run for run in picks if "llc_stage_boundaries" not in summary[run]]
+    for error in Parallel(n_jobs=max(1, min(n_jobs, len(todo))))(delayed(_develop)(d) for d in todo):
+        if error:
+            print(f"error: developmental measures failed for {error}", file=sys.stderr, flush=True)
+    return {run: json.loads((sweep_dir / run / "summary.json").read_text()) for run in picks}
+
+
+def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict, n_jobs: int = 1) -> dict[str, Path]:
+    """Tables, figure, provenance and markdown for the study's finished runs (after their developmental measures,
+    `n_jobs` at a time); returns the paths written."""
     prefix = spec["name"]
     paths = markdown.output_paths(results, prefix, {
         "cells": "_cells.csv", "free_head": "_free_head.csv", "release": "_release.csv", "png": ".png",
         "timings": "_subcircuits.csv", "order": "_subcircuit_order.csv", "timelines": "_subcircuits.png",
-        "ablation": "_ablation.csv", "family": "_family.csv", "provenance": "_provenance.json", "md": ".md"})
+        "ablation": "_ablation.csv", "family": "_family.csv", "development": "_development.csv",
+        "provenance": "_provenance.json", "md": ".md"})
     curves = study_curves(sweep_dir, spec)
     cells = study.cells(curves)
+    dev_table = study.development_table(cells, develop(sweep_dir, cells, n_jobs))
+    split = study.split_verdict(dev_table)
     head_table, head = study.free_head(cells)
     release_table, release = study.release_delays(cells)
     timings = study.timing_table(cells, {run: read_heads(sweep_dir / run) for run in cells["run"]})
@@ -107,7 +154,8 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     ablation_table, ablation = study.ablation(cells, previous_heads(sweep_dir, cells))
     family_table, lags = study.lag_roles(cells)
     for key, table in (("cells", cells), ("free_head", head_table), ("release", release_table), ("timings", timings),
-                       ("order", order_table), ("ablation", ablation_table), ("family", family_table)):
+                       ("order", order_table), ("ablation", ablation_table), ("family", family_table),
+                       ("development", dev_table)):
         table.to_csv(paths[key], index=False)
     for key, fig in (("png", plot_curves(curves[curves["task"] == study.INDUCTION], cells)),
                      ("timelines", plot_timelines(timings))):
@@ -121,7 +169,9 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     provenance.write_json(paths["provenance"], record)
     lines = [
         f"## Interventions during training: is KV shift a free previous-token head? ({prefix})", "",
-        f"Regenerate: `{record['command']}` (resumable; `--skip-train` rebuilds only the outputs). {spec['description']} "
+        f"Regenerate: `{record['command']}`, then `{record['command']} --only {' '.join(FAMILY_GRIDS)}` for the "
+        f"family on MQAR (resumable; `--skip-train` rebuilds only the outputs, from every finished run). "
+        f"{spec['description']} "
         f"{len(runs)} runs; training compute {core_min:.1f} core-minutes; {provenance.wall_text(record)}; "
         f"`{paths['provenance'].name}` has commit, grids and timings. Interventions act on the bare training module "
         "with the bridge hooks' semantics (`kvshift_lens/training/intervention_hooks.py`); per arm and seed the best "
@@ -132,12 +182,17 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
         f"{release.rule}. Baseline: {release.baseline}. " + "; ".join(release.evidence) + ".",
         verdict_line("Sub-circuit timing (Singh et al.'s A/B/C)", study.TIMING_CLAIM, timing),
         verdict_line("Ablate during training", study.ABLATION_CLAIM, ablation),
+        verdict_line("Developmental stages (LLC)", study.DEV_CLAIM, split),
         *[verdict_line(f"The family on MQAR: {arm}", study.LAGS_CLAIM.format(
             mixer=arm.split(study.LAGS_OFF)[0], parts=arm.split(study.LAGS_OFF)[1].strip("[]")), v)
           for arm, v in lags.items()],
         "", md_table(head_table), "", md_table(release_table) if len(release_table) else "No release arm in this profile.",
         "", md_table(order_table) if len(order_table) else "No heads.csv in this profile.", "", md_table(ablation_table),
         "", md_table(family_table) if len(family_table) else "No MQAR arms in this profile.",
+        "", "Developmental measures of every best-lr vanilla 2L and KV-shift 1L run (`analysis.development`: the LLC "
+        "by devinterp's SGLD at the calibrated settings of docs/detect.md, stage boundaries at sign changes of its "
+        "slope over log-step; formation steps of the best previous-token and induction heads):", "",
+        md_table(dev_table.drop(columns="run")) if len(dev_table) else "No detected arms in this profile.",
         "", f"![curves]({paths['png'].name})", "", f"![sub-circuit timelines]({paths['timelines'].name})", "",
     ]
     paths["md"].write_text("\n".join(lines))
@@ -152,22 +207,31 @@ def verdict_line(title: str, claim: str, verdict: Verdict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = sweeps.study_parser(__doc__.splitlines()[0], PROFILES, ROOT / "runs")
+    parser.add_argument("--only", nargs="+", default=None, metavar="GRID",
+                        help="train these grids (default: the profile's; the CPU profile leaves the family on MQAR, "
+                             f"{' '.join(FAMILY_GRIDS)}, to a second command); the outputs cover every finished run")
     args = sweeps.parse_study_args(parser, argv)
 
-    experiment, launcher = PROFILES[args.profile]
+    experiment, launcher, grids = PROFILES[args.profile]
     launcher, n_jobs = sweeps.study_launcher(args, launcher)
+    only = list(args.only) if args.only is not None else list(grids)
     spec = sweeps.experiment_spec(experiment)
+    sweeps.expand_jobs(spec, only=only)  # unknown grid names stop here, before any training
     out_dir, args.results_dir = sweeps.study_dirs(args, args.out_dir, args.results_dir)
     spec = sweeps.with_seed_offset(spec, args.seed_offset)
     sweep_dir = out_dir / "sweeps" / spec["name"]
-    t0 = time.perf_counter()
+    policy = ADAPTIVE[args.profile]
+    t0, rounds = time.perf_counter(), 0
     if not args.skip_train:
-        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs,
+        sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only,
                                                  seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
+        rounds = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, only, policy), sweep_dir, out_dir, launcher,
+                                     n_jobs)
     markdown.finish_study("experiments.interventions", args, "interventions", sweep_dir, t0,
-                          lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
-                          launcher=launcher, n_jobs=n_jobs)
+                          lambda record: write_outputs(sweep_dir, args.results_dir, spec, record, n_jobs or 1),
+                          launcher=launcher, n_jobs=n_jobs, grids=only, adaptive_policy=dataclasses.asdict(policy),
+                          adaptive_rounds_this_invocation=rounds)
 
 
 if __name__ == "__main__":

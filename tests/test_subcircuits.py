@@ -96,6 +96,9 @@ def times(values: list[float], last: float = 2000) -> tuple[np.ndarray, np.ndarr
      "interval crosses a match bound"),
     ([True] * 6, [300] * 6, [math.nan] * 6, INCONCLUSIVE, "a median undefined"),
     ([], [300] * 6, [300] * 6, INCONCLUSIVE, "no data"),
+    ([True] * 6, [125] * 6, [2000] * 6, NOT_REPRODUCED, ""),  # no spread, but 16x apart: beyond the resolution
+    ([True] * 6, [500] * 6, [1000] * 6, INCONCLUSIVE,  # no spread, 2x apart: within the checkpoints' resolution
+     "zero-width interval: every seed at the same checkpoints (denser checkpoints needed)"),
 ])
 def test_the_timing_rule_gives_each_outcome(at_init, kv, bc, outcome, reason):
     v = study.timing_verdict(np.asarray(at_init, dtype=bool), {"kv": times(kv), "bc": times(bc)}, n_boot=400)
@@ -114,7 +117,9 @@ def test_sub_circuit_order_reads_the_best_lr_runs_heads_and_judges_the_predictio
     timings = study.timing_table(cells, heads)
     assert set(timings.arm) == {study.KV, study.VANILLA} and (timings.last_step == 1000).all()
     table, verdict = study.subcircuit_order(timings, n_boot=200)
-    assert verdict.outcome == REPRODUCED, verdict.evidence  # induction at 100 in KV 1L, B and C at 100 in vanilla
+    # induction at 100 in every KV 1L seed, B and C at 100 in every vanilla seed: a ratio of 1 with no spread
+    assert verdict.outcome == INCONCLUSIVE and verdict.reason.startswith("zero-width"), verdict.evidence
+    assert "ratio 1.00 [1.00, 1.00]" in verdict.evidence
     orders = table.drop_duplicates("arm").set_index("arm")["order"]
     assert orders[study.KV] == "A_shift < C < B = induction; never: A"
     assert orders[study.VANILLA] == "C < A = B = induction"  # C was at 0.6 by step 10

@@ -100,6 +100,13 @@ def test_checkpoint_steps_are_log_spaced_and_include_ends():
     assert gaps == sorted(gaps)  # denser early
 
 
+def test_checkpoint_every_adds_evenly_spaced_steps_to_the_log_spaced_ones():
+    logs, both = checkpoint_steps(1000, 8), checkpoint_steps(1000, 8, every=100)
+    assert set(logs) | set(range(0, 1001, 100)) == set(both)
+    assert max(b - a for a, b in zip(both, both[1:])) <= 100  # a late phase change is resolved to 100 steps
+    assert checkpoint_steps(1000, 0, every=100) == []  # no checkpoints asked for: none
+
+
 def test_run_writes_metrics_checkpoints_and_summary(tmp_path):
     summary = train(TINY_MODEL, TINY_TASK, tiny_train(), tmp_path, progress=False)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
@@ -145,6 +152,23 @@ def test_a_run_written_before_the_mixer_registry_resumes_under_its_new_config(tm
     torch.save(state, tmp_path / "resume.pt")
     with pytest.raises(ConfigError, match="different config"):
         train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+
+
+def test_a_run_written_before_a_train_field_existed_resumes_as_if_it_had_the_default(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    state = load_resume(tmp_path / "resume.pt")
+    old = json.loads(state["config"])
+    del old["train"]["checkpoint_every"]  # as a run trained before the field was added wrote it
+    state["config"] = json.dumps(old, sort_keys=True)
+    save_resume(state, tmp_path / "resume.pt")
+    assert train(TINY_MODEL, TINY_TASK, tiny_train(steps=8), tmp_path, progress=False)["final_step"] == 8  # extends
+    state = load_resume(tmp_path / "resume.pt")
+    old = json.loads(state["config"])
+    del old["train"]["checkpoint_every"]  # the old format again: the default fills it, not the new value
+    state["config"] = json.dumps(old, sort_keys=True)
+    save_resume(state, tmp_path / "resume.pt")
+    with pytest.raises(ConfigError, match="different config"):  # a non-default value is a different run
+        train(TINY_MODEL, TINY_TASK, tiny_train(steps=8, checkpoint_every=2), tmp_path, progress=False)
 
 
 def test_mixer_coefficients_get_no_weight_decay_through_the_protocol():

@@ -195,7 +195,8 @@ def induction_split(heads: pd.DataFrame, boundaries: Sequence[int], induction_th
     of any layer but the last, or of the only layer) and induction. `split` is True when the previous-token
     head forms strictly before induction and an LLC stage boundary b lies in [previous step, induction step);
     False when induction forms but no previous-token head forms before it in an earlier stage; None when
-    induction never forms.
+    induction never forms, or when both first hold at the same checkpoint (their order is finer than the
+    checkpoints resolve).
     """
     def best(metric: str, layers: Optional[int] = None) -> pd.Series:
         rows = heads[heads["metric"] == metric]
@@ -207,7 +208,8 @@ def induction_split(heads: pd.DataFrame, boundaries: Sequence[int], induction_th
     previous = formation_step(best("previous_token_score", max(n_layers - 1, 1)), previous_threshold)
     induction = formation_step(best("induction_score"), induction_threshold)
     between = [b for b in boundaries if previous is not None and induction is not None and previous <= b < induction]
-    split = None if induction is None else bool(previous is not None and previous < induction and between)
+    unresolved = induction is None or previous == induction
+    split = None if unresolved else bool(previous is not None and previous < induction and between)
     return {"previous_token_formation_step": previous, "induction_formation_step": induction,
             "split_boundaries": between, "induction_split": split}
 

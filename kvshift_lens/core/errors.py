@@ -10,6 +10,11 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message is one line naming `group.field`, the value and the fix."""
 
 
+class ConfigTypeError(ConfigError):
+    """A value of the wrong kind altogether (a string for an integer field, ...): a `ConfigError` a Union field can
+    try its next option after."""
+
+
 class TrainingDiverged(ValueError):
     """The training loss became non-finite; the run stopped at that step (its metrics so far are kept)."""
 

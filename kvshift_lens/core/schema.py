@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Type, TypeVar, Union
 
-from kvshift_lens.core.errors import ConfigError
+from kvshift_lens.core.errors import ConfigError, ConfigTypeError
 from kvshift_lens.core.registry import resolve
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         for option in options:
             try:
                 return convert(option, value, where)
-            except _Mismatch:
+            except ConfigTypeError:
                 continue
             except ConfigError:  # the right kind of value, but not acceptable (e.g. nan): say why
                 if len(options) == 1:
@@ -139,13 +139,9 @@ def describe(tp: Any) -> str:
     return words.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-class _Mismatch(ConfigError):
-    """A value of the wrong kind altogether (a string for an integer field, ...)."""
-
-
 def _mismatch(tp: Any, value: Any, where: str) -> ConfigError:
     got = "null" if value is None else type(value).__name__
-    return _Mismatch(f"{where}={value!r}: expected {describe(tp)}, got {got}")
+    return ConfigTypeError(f"{where}={value!r}: expected {describe(tp)}, got {got}")
 
 
 def _join(where: str, key: Any) -> str:

@@ -123,11 +123,13 @@ def paired_effect(a: Sequence[float], b: Sequence[float], margin: float, bounds:
     p_rev = signflip_test(d, "less", margin - shift)
     n = int((~np.isnan(d)).sum())
     outcome = REPRODUCED if p < ALPHA else NOT_REPRODUCED if hi + shift < margin else INCONCLUSIVE
+    powerless = outcome == INCONCLUSIVE and 0.5 ** n >= ALPHA  # 2^n sign patterns: the smallest p is 1 / 2^n
     return Verdict(outcome,
                    f"{what}, paired by seed: exact sign-flip test one-sided at {ALPHA} (reproduced if the mean exceeds "
                    f"{0.0 - shift:g}); not reproduced if its 90 % {interval_method(n, bounds)} lies below {margin - shift:g}",
                    baseline, [f"difference {fmt_ci(mean, lo, hi, digits)} (90 %) over {n} seeds; {fmt_p(p)}"],
-                   p=p, p_reverse=p_rev if outcome == NOT_REPRODUCED else math.nan)
+                   p=p, p_reverse=p_rev if outcome == NOT_REPRODUCED else math.nan,
+                   reason=f"no power at {n} seeds: the exact test's smallest p is {0.5 ** n:g}" if powerless else "")
 
 
 def sooner(o: pd.DataFrame, a: str, b: str) -> Verdict:

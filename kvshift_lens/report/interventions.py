@@ -15,6 +15,9 @@ on synthetic data for every outcome.
   (Singh et al.'s redundancy), and how much later.
 * **The family on MQAR.** One-layer kv_shift, canon and short_conv with and without the lag ≥ 1 coefficients of all or
   some of their components (K or V of KV shift, Canon's A or B convolutions): which part carries the previous token?
+* **Developmental stages** (Hoogland et al. 2024, `analysis.development`): does the induction bump split into
+  "previous-token heads, then the rest" (an LLC stage boundary between the two formations) in vanilla 2L but not in
+  KV-shift 1L?
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from kvshift_lens.analysis.subcircuits import TIMING_COLUMNS, formation_order, subcircuit_timing
 from kvshift_lens.report.multiplicity import holm
 from kvshift_lens.report.protocol import Protocol, cell_results, run_outcomes
 from kvshift_lens.report.stats import fmt_p, km_median, logrank_test
-from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Verdict
+from kvshift_lens.report.verdicts import ALPHA, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Verdict
 
 PROTOCOL = Protocol(lr="lr")
 VANILLA, CLAMPED, KV = "vanilla_2l", "vanilla_2l+prev_token_clamp", "kvshift_1l"
@@ -46,6 +50,7 @@ RELEASE_BOUND = 2.0  # a delay counts as bounded up to this multiple of KV-shift
 TIMING_CLAIM = ("KV shift carries the previous-token sub-circuit (A) from initialisation, so KV-shift 1L's induction "
                 "forms when vanilla 2L's QK-match (B) and copy (C) sub-circuits do (Singh et al. 2024's A/B/C).")
 MATCH_FACTOR = 1.5  # "matches": the ratio of median steps lies within [1/1.5, 1.5]
+RESOLUTION = 2.0  # a formation step is known to a factor of this: consecutive log-spaced checkpoints (>= 12 per run)
 ABLATION_CLAIM = ("Zero-ablating vanilla 2L's strongest layer-0 previous-token head for the whole run does not stop "
                   "induction: another head takes the role (Singh et al. 2024's redundancy).")
 LAGS_CLAIM = "The previous-token role of {mixer} on MQAR is carried by the lag >= 1 coefficients of {parts}."
@@ -162,7 +167,9 @@ def free_head(cells_: pd.DataFrame, n_boot: int = 2000) -> tuple[pd.DataFrame, V
                      "logrank_p_sooner_than_vanilla_2l": test.p if test else math.nan})
     table = pd.DataFrame(rows)
     share, lo, hi = bootstrap_gap(times, n_boot=n_boot) if all(len(t) for t, _ in times.values()) else (math.nan,) * 3
-    evidence = [f"share closed {share:.0%} [{lo:.0%}, {hi:.0%}]" if math.isfinite(lo) else f"share closed {share}"]
+    evidence = [f"share closed {share:.0%} [{lo:.0%}, {hi:.0%}]" if math.isfinite(lo) else
+                f"share closed {share:.0%} (no interval: a KM median undefined in resamples)" if math.isfinite(share)
+                else "share closed n/a (a KM median undefined)"]
     evidence += [f"{r.arm}: KM median {r.km_median_steps_to_90:g} steps ({r.reached_90}/{r.seeds} reached 90 %"
                  + ("" if r.arm == VANILLA else f", log-rank vs vanilla 2L {fmt_p(r.logrank_p_sooner_than_vanilla_2l)}")
                  + ")" for r in table.itertuples()]
@@ -172,24 +179,38 @@ def free_head(cells_: pd.DataFrame, n_boot: int = 2000) -> tuple[pd.DataFrame, V
 def release_delays(cells_: pd.DataFrame) -> tuple[pd.DataFrame, Verdict]:
     """Per release step s: KM median time to 90 % and its delay after s; verdict: reproduced if every delay is at most
     `RELEASE_BOUND` × KV-shift 1L's own median (s = 0), not reproduced if some s exceeds it (or never reaches 90 %
-    while s = 0 does), inconclusive when s = 0 itself has no median."""
+    although its runs were watched past the bound), inconclusive when s = 0 has no median or an arm was cut early."""
     base = km_median(*arm_times(cells_, KV))
     rows = []
     for s in sorted(cells_.loc[cells_["arm"] == RELEASED, "release"].unique()):
         t, e = arm_times(cells_, RELEASED, int(s))
         median = km_median(t, e)
         rows.append({"release": int(s), "seeds": len(t), "reached_90": int(e.sum()), "km_median_steps_to_90": median,
-                     "delay_after_release": median - s})
-    table = pd.DataFrame(rows, columns=["release", "seeds", "reached_90", "km_median_steps_to_90", "delay_after_release"])
+                     "delay_after_release": median - s,
+                     "watched_after_release": t.max() - s if len(t) else math.nan})  # an undefined median > t.max()
+    table = pd.DataFrame(rows, columns=["release", "seeds", "reached_90", "km_median_steps_to_90", "delay_after_release",
+                                        "watched_after_release"])
     rule = (f"KM-median steps from release to 90 % for every release step s: reproduced if each is <= {RELEASE_BOUND:g}× "
-            "KV-shift 1L's median (never switched off), not reproduced if one exceeds it or never gets there")
+            "KV-shift 1L's median (never switched off), not reproduced if one exceeds it (a median never reached "
+            "counts only when the runs were watched past the bound after release), else inconclusive")
     baseline = "KV-shift 1L never switched off (s = 0)"
-    evidence = [f"s = 0: {base:g} steps"] + [f"s = {r.release}: delay {r.delay_after_release:g} steps "
-                                              f"({r.reached_90}/{r.seeds} reached 90 %)" for r in table.itertuples()]
+    evidence = [f"s = 0: {base:g} steps"] + [
+        f"s = {r.release}: " + (f"delay {r.delay_after_release:g} steps" if math.isfinite(r.delay_after_release)
+                                else f"median not reached ({r.watched_after_release:g}+ steps after release)")
+        + f" ({r.reached_90}/{r.seeds} reached 90 %"
+        + (f"; watched {r.watched_after_release:g} steps after release)" if r.reached_90 < r.seeds else ")")
+        for r in table.itertuples()]
     if not math.isfinite(base) or table.empty:
         return table, Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="no median at s = 0 or no release arm")
-    bounded = table["delay_after_release"] <= RELEASE_BOUND * base  # NaN (never reached) compares False
-    return table, Verdict(REPRODUCED if bounded.all() else NOT_REPRODUCED, rule, baseline, evidence)
+    bound = RELEASE_BOUND * base
+    delay = table["delay_after_release"]
+    exceeded = (delay > bound) | (delay.isna() & (table["watched_after_release"] > bound))
+    if exceeded.any():
+        return table, Verdict(NOT_REPRODUCED, rule, baseline, evidence)
+    if (delay <= bound).all():
+        return table, Verdict(REPRODUCED, rule, baseline, evidence)
+    return table, Verdict(INCONCLUSIVE, rule, baseline, evidence,
+                          reason="a release arm never reached 90 % but was cut before the bound")
 
 
 # --- sub-circuit timing (Singh et al. 2024's A/B/C) ----------------------------------------------
@@ -246,7 +267,9 @@ def timing_verdict(at_init: np.ndarray, times: Times, n_boot: int = 2000) -> Ver
     """Reproduced if A_shift is above its threshold at the first checkpoint (step 0) in every KV-shift 1L seed and
     the seed-bootstrap interval of median(KV-shift 1L induction step) / median(vanilla 2L B-and-C step) lies within
     [1/MATCH_FACTOR, MATCH_FACTOR]; not reproduced if A_shift is absent at init in half the seeds or more, or the
-    interval lies wholly outside; else inconclusive. `times["kv"]`, `times["bc"]`: (step, formed) per seed."""
+    interval lies wholly outside; else inconclusive. A zero-width interval (every seed at the same checkpoints) never
+    shows a match, and shows a mismatch only beyond the checkpoints' resolution (RESOLUTION × the bounds).
+    `times["kv"]`, `times["bc"]`: (step, formed) per seed."""
     rule = (f"A_shift (share of the key on earlier tokens, best KV head) >= threshold at step 0 in every KV-shift 1L "
             f"seed, and the 95 % seed-bootstrap interval of KM-median KV-shift 1L induction formation step / KM-median "
             f"vanilla 2L max(B, C) formation step inside [1/{MATCH_FACTOR:g}, {MATCH_FACTOR:g}]: reproduced; A_shift "
@@ -270,6 +293,13 @@ def timing_verdict(at_init: np.ndarray, times: Times, n_boot: int = 2000) -> Ver
         return Verdict(NOT_REPRODUCED, rule, baseline, evidence, reason="A absent at init")
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="a median undefined")
+    if lo == hi:  # every seed formed at the same checkpoints: no spread, only the checkpoints' resolution
+        if point < 1 / (MATCH_FACTOR * RESOLUTION) or point > MATCH_FACTOR * RESOLUTION:
+            return Verdict(NOT_REPRODUCED, rule, baseline, evidence + [
+                f"zero-width interval, but outside the match bounds by more than the checkpoint resolution "
+                f"({RESOLUTION:g}x)"])
+        return Verdict(INCONCLUSIVE, rule, baseline, evidence,
+                       reason="zero-width interval: every seed at the same checkpoints (denser checkpoints needed)")
     if at_init.all() and 1 / MATCH_FACTOR <= lo and hi <= MATCH_FACTOR:
         return Verdict(REPRODUCED, rule, baseline, evidence)
     if hi < 1 / MATCH_FACTOR or lo > MATCH_FACTOR:
@@ -313,7 +343,8 @@ def ablation_verdict(times: Times, n_boot: int = 2000) -> Verdict:
     evidence = [f"plain vanilla 2L: KM median {m_plain:g} steps ({int(plain[1].sum())}/{len(plain[0])} reached 90 %)",
                 f"strongest previous-token head ablated: KM median {m_matched:g} steps "
                 f"({int(matched[1].sum())}/{len(matched[0])} reached 90 %)",
-                f"delay {delay:g} steps [{lo:g}, {hi:g}]"]
+                f"delay {delay:g} steps " + (f"[{lo:g}, {hi:g}]" if math.isfinite(lo) else
+                                             "(no interval: a KM median undefined in resamples)")]
     if not len(matched[0]) or not math.isfinite(m_plain):
         return Verdict(INCONCLUSIVE, rule, baseline, evidence,
                        reason="no ablated runs" if not len(matched[0]) else "plain vanilla 2L has no median")
@@ -363,3 +394,51 @@ def lags_verdict(on: float, off: float, p_holm: float) -> Verdict:
     if p_holm < LAG_ALPHA:
         return Verdict(REPRODUCED, rule, baseline, evidence, p=p_holm)
     return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="not significant", p=p_holm)
+
+
+# --- developmental stages (Hoogland et al. 2024) --------------------------------------------------
+
+DEV_CLAIM = ("In vanilla 2L the induction bump splits into two developmental stages, previous-token heads first and "
+             "then the rest of the circuit (an LLC stage boundary between the two formations); in KV-shift 1L, whose "
+             "shift supplies the previous token, it does not (Hoogland et al. 2024).")
+DEV_COLUMNS = ["arm", "seed", "run", "loss_pca_turn_step", "llc_stage_boundaries", "previous_token_formation_step",
+               "induction_formation_step", "induction_split"]
+SPLIT_SHARE = 2 / 3  # "splits" in at least this share of an arm's decided runs; "does not" in at most 1 - this
+
+
+def development_table(cells_: pd.DataFrame, summaries: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per best-lr run of vanilla 2L and KV-shift 1L with developmental keys in `summaries` (run -> its
+    summary.json after `analysis.development.analyze_development`)."""
+    picks = cells_[(cells_["task"] == INDUCTION) & cells_["arm"].isin([VANILLA, KV]) & (cells_["release"] == 0)]
+    rows = [{"arm": c.arm, "seed": int(c.seed), "run": c.run, **{k: summaries[c.run].get(k) for k in DEV_COLUMNS[3:]}}
+            for c in picks.itertuples() if c.run in summaries]
+    return pd.DataFrame(rows, columns=DEV_COLUMNS).sort_values(["arm", "seed"], ignore_index=True)
+
+
+def split_verdict(table: pd.DataFrame, min_decided: int = 3) -> Verdict:
+    """Reproduced if vanilla 2L's induction bump splits in ≥ 2/3 of its decided runs, KV-shift 1L's in ≤ 1/3, and
+    vanilla splits more often (Fisher's exact test, one-sided, p < 0.05); not reproduced if vanilla 2L splits in ≤ 1/3
+    of its decided runs or KV-shift 1L in ≥ 2/3 of its own (that arm with ≥ `min_decided` decided runs); else
+    inconclusive (too few decided runs in an arm, shares between the bounds, or not significant)."""
+    rule = (f"share of runs (induction formed) whose bump splits, an LLC stage boundary between the previous-token and "
+            f"the induction formation steps: reproduced if vanilla 2L >= {SPLIT_SHARE:.2f}, KV-shift 1L <= "
+            f"{1 - SPLIT_SHARE:.2f} and vanilla more often (Fisher exact, one-sided, p < {ALPHA}); not reproduced if "
+            f"vanilla 2L <= {1 - SPLIT_SHARE:.2f} or KV-shift 1L >= {SPLIT_SHARE:.2f}; else inconclusive")
+    baseline = "KV-shift 1L (the same measures, the same LLC settings)"
+    counts = {}
+    for arm in (VANILLA, KV):
+        decided = table.loc[(table["arm"] == arm) & table["induction_split"].notna(), "induction_split"].astype(bool)
+        counts[arm] = (int(decided.sum()), len(decided), int(((table["arm"] == arm) & table["induction_split"].isna()
+                                                              ).sum()))
+    evidence = [f"{arm}: split in {k}/{n} decided runs ({undecided} undecided: induction never formed, or it first "
+                f"held at the same checkpoint as the previous-token head)" for arm, (k, n, undecided) in counts.items()]
+    (kv_, nv), (kk, nk) = counts[VANILLA][:2], counts[KV][:2]
+    if (nv >= min_decided and kv_ / nv <= 1 - SPLIT_SHARE) or (nk >= min_decided and kk / nk >= SPLIT_SHARE):
+        return Verdict(NOT_REPRODUCED, rule, baseline, evidence)
+    if nv < min_decided or nk < min_decided:
+        return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="too few decided runs")
+    p = float(stats.fisher_exact([[kv_, nv - kv_], [kk, nk - kk]], alternative="greater").pvalue)
+    evidence.append(f"vanilla 2L splits more often: Fisher exact {fmt_p(p)}")
+    if kv_ / nv >= SPLIT_SHARE and kk / nk <= 1 - SPLIT_SHARE and p < ALPHA:
+        return Verdict(REPRODUCED, rule, baseline, evidence, p=p)
+    return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="shares between the bounds or not significant")

@@ -18,8 +18,9 @@ byte, ICL scores), `runs` one row per run (final metrics, throughput, the induct
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,6 +81,74 @@ def lm_runs(run_dirs: Sequence[Path], root: Path) -> pd.DataFrame:
     for col in RUN_COLUMNS:
         s[col] = s[col] if col in s else np.nan
     return s[KEYS + CONFIG + RUN_COLUMNS].sort_values(["label", "seed"], ignore_index=True)
+
+
+LR = "train.lr"
+FLAT_NATS = 0.01  # a loss curve is flat when its drop over the last quarter of the steps is below this (upper bound)
+TAIL = 0.25  # the last quarter of the steps
+
+
+def lr_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per label and learning rate: seeds, diverged runs and the mean final held-out loss [95 % t]; `best` marks each
+    label's lowest mean among rates with all its seeds where no run diverged (each arch at its own best rate), `edge`
+    names a best rate at
+    the low or high end of the rates tried ("" when interior, "single rate" when only one was tried)."""
+    rows = []
+    for (label, lr), g in runs.groupby(["label", LR], sort=True):
+        mean, lo, hi = mean_ci(g["final_eval_loss"])
+        rows.append({"label": label, "lr": lr, "seeds": len(g), "diverged": int((g["status"] == "diverged").sum()),
+                     "final_eval_loss": mean, "lo": lo, "hi": hi})
+    table = pd.DataFrame(rows, columns=["label", "lr", "seeds", "diverged", "final_eval_loss", "lo", "hi"])
+    complete = table["seeds"] == table.groupby("label")["seeds"].transform("max")  # no rate wins on fewer seeds
+    usable = table[complete & (table["diverged"] == 0) & table["final_eval_loss"].notna()]
+    best = usable.loc[usable.groupby("label")["final_eval_loss"].idxmin()]
+    table["best"] = table.index.isin(best.index)
+    rates = table.groupby("label")["lr"].agg(["min", "max", "count"])
+    r = rates.loc[table["label"]].reset_index(drop=True)
+    table["edge"] = np.where(~table["best"], "", np.where(r["count"] == 1, "single rate", np.where(
+        table["lr"] == r["min"], "lowest rate tried", np.where(table["lr"] == r["max"], "highest rate tried", ""))))
+    return table
+
+
+def at_best_lr(frame: pd.DataFrame, runs: pd.DataFrame, lrs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` (any table with `run`) that belong to runs at their label's best learning rate."""
+    best = runs.merge(lrs.loc[lrs["best"], ["label", "lr"]].rename(columns={"lr": LR}), on=["label", LR])
+    return frame[frame["run"].isin(set(best["run"]))]
+
+
+def tail_drop(curves: pd.DataFrame, tail: float = TAIL) -> pd.DataFrame:
+    """Per run: how much the held-out loss fell over the last `tail` of its steps (from the evaluation nearest
+    (1 − tail) × the last step to the last one), with `label`; positive = still falling."""
+    rows = []
+    for (label, run), g in curves[curves["step"] > 0].groupby(["label", "run"]):
+        g = g.sort_values("step")
+        last = g.iloc[-1]
+        start = g.loc[(g["step"] - (1 - tail) * last["step"]).abs().idxmin()]
+        drop = start["eval_loss"] - last["eval_loss"] if start["step"] < last["step"] else math.nan  # one evaluation
+        rows.append({"label": label, "run": run, "from_step": int(start["step"]), "to_step": int(last["step"]),
+                     "drop": drop})
+    return pd.DataFrame(rows, columns=["label", "run", "from_step", "to_step", "drop"])
+
+
+def flatness(curves: pd.DataFrame, lrs: Optional[pd.DataFrame] = None) -> dict[str, str]:
+    """Per label: its best rate (and edge), and the drop of its held-out loss over the last quarter with its 95 %
+    interval over runs (one run: the drop itself): "still falling" when the upper end reaches FLAT_NATS, "rising"
+    when the lower end reaches −FLAT_NATS, else "flat"."""
+    out = {}
+    for label, d in tail_drop(curves).groupby("label"):
+        mean, lo, hi = mean_ci(d["drop"])
+        lo, hi = (lo, hi) if hi == hi else (mean, mean)
+        state = ("no evaluation in the last quarter" if mean != mean else "still falling" if hi >= FLAT_NATS
+                 else "rising" if lo <= -FLAT_NATS else "flat")
+        text = (f"loss fell {fmt_ci(*mean_ci(d['drop']), 3)} nats over steps {d['from_step'].iloc[0]}–"
+                f"{d['to_step'].iloc[0]}: {state} (flat: within ±{FLAT_NATS} nats)")
+        best = lrs[(lrs["label"] == label) & lrs["best"]] if lrs is not None else pd.DataFrame()
+        if len(best):
+            edge = best["edge"].iloc[0]
+            text = f"best lr {best['lr'].iloc[0]:g}" + (f" ({edge})" if isinstance(edge, str) and edge else "") + \
+                f"; {text}"
+        out[label] = text
+    return out
 
 
 def lm_heads(runs: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -197,17 +266,20 @@ def setup_line(runs: pd.DataFrame) -> str:
     main = runs[runs["variant"] != "babygpt"]
     one = lambda col: "/".join(str(v) for v in sorted(main[col].dropna().unique()))  # noqa: E731
     return (f"{one('task.corpus')} ({one('task.tokenizer')} tokens; held out by document), sequences of "
-            f"{one('task.seq_len')}, batch {one('train.batch_size')}, {one('steps')} steps; AdamW lr {one('train.lr')} "
-            f"for both architectures ({one('train.warmup')} warmup steps, cosine to 10 %), β 0.9/0.95, weight decay "
+            f"{one('task.seq_len')}, batch {one('train.batch_size')}, {one('steps')} steps; AdamW, each architecture "
+            f"at its best learning rate (of those tried: results/lm_lrs.csv; named per model below) ({one('train.warmup')} warmup steps, cosine to 10 %), β 0.9/0.95, weight decay "
             f"0.1 on matrices, clip 1.0; d_model {one('model.d_model')}, {one('model.n_heads')} heads; `llama` = "
             f"{one('model.norm')} + {one('model.mlp')} (d_mlp {one('model.d_mlp')}) + {one('model.positions')} "
             f"positions, `attn-only` without MLPs. {MEANS}")
 
 
-def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame) -> Finding:
+def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame, lrs: Optional[pd.DataFrame] = None) -> Finding:
     """Per (layers, variant): the paired gap vanilla − KV shift at the last step (part: its interval lies above
-    0), in nats and bits per byte, and its change from half the steps to the end ("closes" / "widens")."""
+    0), in nats and bits per byte, and its change from half the steps to the end ("closes" / "widens"). `curves` and
+    `runs` hold each arch at one rate (its best, from `lrs` = `lr_table` of every rate, named in the evidence with
+    any edge); the evidence says whether each loss curve is flat at the end or still falling."""
     numbers, parts = [], []
+    flat = flatness(curves[curves["variant"] != "babygpt"], lrs)
     for (layers, variant), g in curves[curves["variant"] != "babygpt"].groupby(["n_layers", "variant"]):
         gaps = paired_gap(g)
         if gaps.empty:
@@ -234,13 +306,22 @@ def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame) -> Finding:
         outcome = effect_outcome(last["lo"], last["hi"])  # identical gaps have no interval: inconclusive
         p_claim, p_rev = (stats.ttest_1samp(gap, 0, alternative=a).pvalue if len(gap) > 1 and np.ptp(gap) > 0
                           else np.nan for a in ("greater", "less"))
+        arch_lines = [f"{arch}: {flat[lab]}" for arch, lab in final.groupby("arch")["label"].first().items() if lab in flat]
+        numbers[-1] += ("; " + "; ".join(arch_lines)) if arch_lines else ""
         parts.append((name, Verdict(outcome, "paired t-interval (by seed) of vanilla − KV shift final held-out loss "
-                                    "(unbounded) above 0; not reproduced if below 0",
-                                    "vanilla with the same seed, data order and weights but α/β",
-                                    [f"gap {fmt_ci(last['mean'], last['lo'], last['hi'], 3)} nats, n={int(last['n'])}"],
+                                    "(unbounded) above 0, each arch at its best learning rate; not reproduced if below 0",
+                                    "vanilla with the same seed and data order, at its own best learning rate",
+                                    [f"gap {fmt_ci(last['mean'], last['lo'], last['hi'], 3)} nats, n={int(last['n'])}",
+                                     *arch_lines],
                                     p=float(p_claim), p_reverse=float(p_rev) if outcome == NOT_REPRODUCED else np.nan)))
+    notes = []
+    if any(": still falling" in text for text in flat.values()):
+        notes.append("At least one loss curve is still falling at the end: the gap is measured at a fixed budget of "
+                     "tokens, not at convergence.")
+    if lrs is not None and (lrs["best"] & lrs["edge"].isin(["lowest rate tried", "highest rate tried"])).any():
+        notes.append("A best learning rate sits at an edge of the rates tried (named in the numbers).")
     return Finding(GAP_CLAIM, setup_line(runs), numbers, overall(parts, "every model size: the paired gap lies above 0",
-                                                                 "vanilla at equal parameters and tokens"), parts)
+                                                                 "vanilla at equal parameters and tokens"), parts, notes)
 
 
 def layer_outcome(layers: object, in_first: bool) -> str:

@@ -16,6 +16,9 @@ from kvshift_lens.data.tasks import task_config
 from kvshift_lens.data.tasks.base import upgrade_legacy as upgrade_task
 from kvshift_lens.models.checkpoints import state_sha256
 from kvshift_lens.models.config import ModelConfig
+from kvshift_lens.training.train_config import TrainConfig
+
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 RESUME_FILE = "resume.pt"
 
@@ -42,13 +45,15 @@ def extends(old: dict, new: dict) -> bool:
 def same_run(stored: Optional[str], identity: dict) -> bool:
     """Whether a resume checkpoint's config (JSON) describes the run `identity` does, or an earlier budget of it
     (`extends`), reading configs written before the mixer/task registries (flat `arch`/`shift*` model fields,
-    every task's knobs)."""
+    every task's knobs) or before a train field existed (it had that field's default)."""
     if stored == json.dumps(identity, sort_keys=True):
         return True
     try:
         old = json.loads(stored)
         old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
         old["task"] = dataclasses.asdict(task_config(upgrade_task(old["task"])))
+        new_fields = identity["train"].keys() - old["train"].keys()
+        old["train"] = {**{k: v for k, v in TRAIN_DEFAULTS.items() if k in new_fields}, **old["train"]}
     except (TypeError, ValueError, KeyError):  # ConfigError and JSONDecodeError are ValueErrors
         return False
     return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True) or extends(old, identity)

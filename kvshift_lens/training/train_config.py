@@ -43,6 +43,7 @@ class TrainConfig:
     eval_every: Optional[int] = None  # steps between evaluations (and resume states); null: 50, or steps // 10 below 50
     eval_size: int = 512  # held-out sequences, fixed per seed
     n_checkpoints: int = 16  # log-spaced model checkpoints kept for emergence analysis (> 0: the last step too)
+    checkpoint_every: int = 0  # with n_checkpoints > 0, also a checkpoint every this many steps (0: log-spaced only)
     eval_at_checkpoints: bool = False  # also evaluate at every checkpoint step (text: ICL where detectors run)
     stop_at: float = 0.0  # stop once held-out induction accuracy reaches this at an evaluation; 0 never stops
     threads: int = 0  # torch CPU threads; 0: chosen by the launcher (docs/training.md)
@@ -62,11 +63,14 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        for name in ("warmup", "n_checkpoints", "threads", "weight_decay", "grad_clip"):
+        for name in ("warmup", "n_checkpoints", "checkpoint_every", "threads", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.checkpoint_every > 0 and self.n_checkpoints == 0:
+            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every} needs checkpoints: set "
+                              f"train.n_checkpoints > 0, or train.checkpoint_every=0")
         if 0 < self.warmup >= self.steps:
             raise ConfigError(f"train.warmup={self.warmup} must be < train.steps={self.steps}: the learning rate "
                               f"would never reach train.lr; shorten the warmup or train longer")

@@ -57,12 +57,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def checkpoint_steps(steps: int, n: int) -> list[int]:
-    """Step 0 plus ~n log-spaced steps up to `steps` (dense early, where circuits form)."""
+def checkpoint_steps(steps: int, n: int, every: int = 0) -> list[int]:
+    """Step 0 plus ~n log-spaced steps up to `steps` (dense early, where circuits form), and with `every` > 0 also
+    every `every` steps (a late phase change resolved to that many steps)."""
     if n <= 0:
         return []
     grid = np.unique(np.round(np.geomspace(1, steps, n)).astype(int))
-    return sorted({0, *grid.tolist(), steps})
+    linear = range(every, steps, every) if every > 0 else ()
+    return sorted({0, *grid.tolist(), *linear, steps})
 
 
 def batch_loss(logits: torch.Tensor, batch: Batch, on: str) -> torch.Tensor:
@@ -177,7 +179,7 @@ def train(
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
     eval_batches = [_to(b, device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
     columns = METRIC_COLUMNS + list(task.metric_names)
-    ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints))
+    ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.checkpoint_every))
     metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
 
     train_dict = dataclasses.asdict(cfg)
