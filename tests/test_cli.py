@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 import pytest
 
 from kvshift_lens.training.runs import load_runs, load_summaries
