@@ -171,6 +171,16 @@ def test_a_run_written_before_a_train_field_existed_resumes_as_if_it_had_the_def
         train(TINY_MODEL, TINY_TASK, tiny_train(steps=8, checkpoint_every=2), tmp_path, progress=False)
 
 
+def test_rerunning_the_grid_budget_of_a_run_an_adaptive_round_extended_keeps_the_longer_run(tmp_path):
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    longer = train(TINY_MODEL, TINY_TASK, tiny_train(steps=8), tmp_path, progress=False)  # the adaptive round
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    again = train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)  # the grid job, rerun
+    assert again["final_step"] == longer["final_step"] == 8 and again["status"] == "completed"
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 8
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), metrics)  # nothing trained twice
+
+
 def test_mixer_coefficients_get_no_weight_decay_through_the_protocol():
     model = build_module(ModelConfig(mixer={"name": "canon", "positions": "AB"}, d_model=16, n_heads=2, d_vocab=16, n_ctx=16))
     decay, no_decay = make_optimizer(model, TrainConfig()).param_groups

@@ -42,21 +42,39 @@ def extends(old: dict, new: dict) -> bool:
         json.dumps({**new, "train": {**n, "steps": 0}}, sort_keys=True)
 
 
-def same_run(stored: Optional[str], identity: dict) -> bool:
-    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, or an earlier budget of it
-    (`extends`), reading configs written before the mixer/task registries (flat `arch`/`shift*` model fields,
-    every task's knobs) or before a train field existed (it had that field's default)."""
-    if stored == json.dumps(identity, sort_keys=True):
-        return True
+def _upgraded(stored: Optional[str], identity: dict) -> Optional[dict]:
+    """A resume checkpoint's config (JSON) in today's layout: configs written before the mixer/task registries (flat
+    `arch`/`shift*` model fields, every task's knobs) or before a train field of `identity` existed (it had that
+    field's default); None if unreadable."""
     try:
         old = json.loads(stored)
         old["model"] = ModelConfig.from_dict(old["model"]).to_dict()
         old["task"] = dataclasses.asdict(task_config(upgrade_task(old["task"])))
         new_fields = identity["train"].keys() - old["train"].keys()
         old["train"] = {**{k: v for k, v in TRAIN_DEFAULTS.items() if k in new_fields}, **old["train"]}
-    except (TypeError, ValueError, KeyError):  # ConfigError and JSONDecodeError are ValueErrors
-        return False
-    return json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True) or extends(old, identity)
+    except (TypeError, ValueError, KeyError, AttributeError):  # ConfigError and JSONDecodeError are ValueErrors
+        return None
+    return old
+
+
+def same_run(stored: Optional[str], identity: dict) -> bool:
+    """Whether a resume checkpoint's config (JSON) describes the run `identity` does, or an earlier budget of it
+    (`extends`), in any layout `_upgraded` reads."""
+    if stored == json.dumps(identity, sort_keys=True):
+        return True
+    old = _upgraded(stored, identity)
+    return old is not None and (json.dumps(old, sort_keys=True) == json.dumps(identity, sort_keys=True)
+                                or extends(old, identity))
+
+
+def longer_budget(stored: Optional[str], identity: dict) -> Optional[int]:
+    """The budget (`train.steps`) of a resume checkpoint that holds the run `identity` describes trained past its
+    budget (an adaptive round extended it), else None: re-running the shorter job then continues the longer run."""
+    old = _upgraded(stored, identity)
+    if old is None or not extends(identity, old):
+        return None
+    steps = int(old["train"]["steps"])
+    return steps if steps > int(identity["train"]["steps"]) else None
 
 
 def load_resume(path: Path) -> dict:

@@ -32,7 +32,7 @@ from kvshift_lens.data.tasks.base import Batch, Task, TaskConfig, make_task
 from kvshift_lens.models.transformer import attach_tokenizer
 from kvshift_lens.training.train_config import TrainConfig
 from kvshift_lens.training.intervention_hooks import InterventionSchedule
-from kvshift_lens.training.resume import RESUME_FILE, load_resume, same_run, save_resume
+from kvshift_lens.training.resume import RESUME_FILE, load_resume, longer_budget, same_run, save_resume
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "induction_acc", "lr", "train_seconds"]
 
@@ -194,6 +194,9 @@ def train(
     saved = 0  # the step the rolling resume state holds (0: none yet, a rerun starts over)
     if resume_path.exists():
         state = load_resume(resume_path)
+        longer = longer_budget(state.get("config"), identity)
+        if longer is not None:  # an adaptive round trained this run on: the grid's job is that run, at its budget
+            return train(model_cfg, task_cfg, dataclasses.replace(cfg, steps=longer), run_dir, progress=progress)
         if not same_run(state.get("config"), identity):
             raise ConfigError(f"{run_dir} holds a run with a different config; resume it with its own "
                               f"config, or pick a fresh run directory (hydra.run.dir=...)")
