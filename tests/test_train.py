@@ -181,6 +181,15 @@ def test_rerunning_the_grid_budget_of_a_run_an_adaptive_round_extended_keeps_the
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), metrics)  # nothing trained twice
 
 
+def test_rerunning_a_finished_run_keeps_the_analyses_in_its_summary_until_it_trains_on(tmp_path):
+    from kvshift_lens.analysis.emergence import merge_summary
+
+    train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)
+    merge_summary(tmp_path, {"llc_stage_boundaries": [2]})  # what experiments.detect adds
+    assert train(TINY_MODEL, TINY_TASK, tiny_train(steps=4), tmp_path, progress=False)["llc_stage_boundaries"] == [2]
+    assert "llc_stage_boundaries" not in train(TINY_MODEL, TINY_TASK, tiny_train(steps=8), tmp_path, progress=False)
+
+
 def test_mixer_coefficients_get_no_weight_decay_through_the_protocol():
     model = build_module(ModelConfig(mixer={"name": "canon", "positions": "AB"}, d_model=16, n_heads=2, d_vocab=16, n_ctx=16))
     decay, no_decay = make_optimizer(model, TrainConfig()).param_groups

@@ -240,7 +240,12 @@ def train(
             "chance_accuracy": task.chance_accuracy,
             "stopped_early": step < cfg.steps,
         })
-        _write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        path = run_dir / "summary.json"
+        before = json.loads(path.read_text()) if path.exists() else {}
+        if before.get("status") == status and before.get("final_step") == summary.get("final_step"):
+            summary = {**{k: v for k, v in before.items() if k not in summary}, **summary}  # nothing new trained:
+            # the analyses added to it (emergence, developmental measures) still describe this run
+        _write_text(path, json.dumps(summary, indent=2))
         return summary
 
     def reached_stop() -> bool:
