@@ -149,7 +149,10 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict, n_jo
     split = study.split_verdict(dev_table)
     head_table, head = study.free_head(cells)
     release_table, release = study.release_delays(cells)
-    timings = study.timing_table(cells, {run: read_heads(sweep_dir / run) for run in cells["run"]})
+    # Checkpoints hold weights only: a clamped arm scored without its clamp shows an untrained layer-0 head, not the
+    # circuit it trained with, so only the arms without interventions get sub-circuit timings.
+    plain = cells[cells["arm"].isin([study.VANILLA, study.KV])]
+    timings = study.timing_table(plain, {run: read_heads(sweep_dir / run) for run in plain["run"]})
     order_table, timing = study.subcircuit_order(timings)
     ablation_table, ablation = study.ablation(cells, previous_heads(sweep_dir, cells))
     family_table, lags = study.lag_roles(cells)

@@ -392,7 +392,7 @@ def test_one_command_runs_the_tiny_intervention_study_end_to_end(tmp_path):
                    "_development.csv"):
         assert (res / f"interventions_tiny{suffix}").stat().st_size > 0
     timings = pd.read_csv(res / "interventions_tiny_subcircuits.csv")  # from the detected arms' heads.csv
-    assert set(timings.arm) == {study.VANILLA, study.CLAMPED, study.KV} and (timings.groupby("arm").seed.nunique() == 2).all()
+    assert set(timings.arm) == {study.VANILLA, study.KV} and (timings.groupby("arm").seed.nunique() == 2).all()
     assert set(timings.loc[timings.arm == study.KV, "subcircuit"]) == {"A", "A_shift", "B", "C", "induction"}
     family = pd.read_csv(res / "interventions_tiny_family.csv")
     assert family.groupby("arm").size().to_dict() == {"canon_1l": 3, "kvshift_1l": 2, "short_conv_1l": 1}
