@@ -37,13 +37,15 @@ def test_extending_a_run_by_doubling_equals_training_with_the_doubled_budget_fro
     assert all(torch.equal(x["model"][k], y["model"][k]) for k in y["model"])
 
 
-def test_a_cosine_schedule_or_a_shorter_budget_is_never_extended(tmp_path):
+def test_a_cosine_schedule_is_never_extended_and_a_shorter_budget_keeps_the_longer_run(tmp_path):
     train(MODEL, TASK, tiny(steps=8, schedule="cosine"), tmp_path / "cos", progress=False)
     with pytest.raises(ConfigError, match="different config"):
         train(MODEL, TASK, tiny(steps=16, schedule="cosine"), tmp_path / "cos", progress=False)
+    with pytest.raises(ConfigError, match="different config"):  # a cosine run is never cut or stretched
+        train(MODEL, TASK, tiny(steps=4, schedule="cosine"), tmp_path / "cos", progress=False)
     train(MODEL, TASK, tiny(steps=8), tmp_path / "short", progress=False)
-    with pytest.raises(ConfigError, match="different config"):
-        train(MODEL, TASK, tiny(steps=4), tmp_path / "short", progress=False)
+    # the grid's job re-run after an adaptive round extended its run: that run stands, nothing is retrained
+    assert train(MODEL, TASK, tiny(steps=4), tmp_path / "short", progress=False)["final_step"] == 8
 
 
 @pytest.mark.parametrize("outcome, budget, diverged, decision, nxt", [
