@@ -1,5 +1,6 @@
 """The hydra command line: single runs, sweeps with every launcher, bad input, failed jobs, load_runs."""
 
+import functools
 import json
 import math
 import os
@@ -209,8 +210,12 @@ def test_a_short_run_needs_no_warmup_or_evaluation_knob_and_writes_no_empty_log(
 def interrupt(*args: str, out: Path, when: Callable[[], bool]) -> subprocess.CompletedProcess:
     """Run the train CLI in its own process group and send it Ctrl-C's SIGINT once `when()` holds."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler in the child: give it the default disposition, as a terminal's foreground process has.
+    restore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
     p = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"out_dir={out}"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=restore)
     deadline = time.monotonic() + 300
     while not when() and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
