@@ -166,6 +166,23 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
+    train_dict = dataclasses.asdict(cfg)
+    if not cfg.interventions:  # runs without interventions keep the config (and resume identity) they always had
+        train_dict.pop("interventions")
+    run_config = json.dumps({"model": model_cfg.to_dict(), "task": dataclasses.asdict(task_cfg),
+                             "train": train_dict}, sort_keys=True)
+    identity = json.loads(run_config)
+    for where in ("threads", "device", "compile"):  # how a run executes does not change what it computes (up to rounding)
+        identity["train"].pop(where)
+    state = load_resume(resume_path) if resume_path.exists() else None
+    if state is not None:  # checked before anything is built
+        longer = longer_budget(state.get("config"), identity)
+        if longer is not None:  # an adaptive round trained this run on: the grid's job is that run, at its budget
+            return train(model_cfg, task_cfg, dataclasses.replace(cfg, steps=longer), run_dir, progress=progress)
+        if not same_run(state.get("config"), identity):
+            raise ConfigError(f"{run_dir} holds a run with a different config; resume it with its own "
+                              f"config, or pick a fresh run directory (hydra.run.dir=...)")
 
     model = build_module(model_cfg).to(device)
     model.train()
@@ -180,26 +197,9 @@ def train(
     eval_batches = [_to(b, device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
     columns = METRIC_COLUMNS + list(task.metric_names)
     ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.checkpoint_every))
-    metrics_path, resume_path = run_dir / "metrics.csv", run_dir / RESUME_FILE
-
-    train_dict = dataclasses.asdict(cfg)
-    if not cfg.interventions:  # runs without interventions keep the config (and resume identity) they always had
-        train_dict.pop("interventions")
-    run_config = json.dumps({"model": model_cfg.to_dict(), "task": dataclasses.asdict(task_cfg),
-                             "train": train_dict}, sort_keys=True)
-    identity = json.loads(run_config)
-    for where in ("threads", "device", "compile"):  # how a run executes does not change what it computes (up to rounding)
-        identity["train"].pop(where)
     step, train_seconds, rows, recent = 0, 0.0, [], []
     saved = 0  # the step the rolling resume state holds (0: none yet, a rerun starts over)
-    if resume_path.exists():
-        state = load_resume(resume_path)
-        longer = longer_budget(state.get("config"), identity)
-        if longer is not None:  # an adaptive round trained this run on: the grid's job is that run, at its budget
-            return train(model_cfg, task_cfg, dataclasses.replace(cfg, steps=longer), run_dir, progress=progress)
-        if not same_run(state.get("config"), identity):
-            raise ConfigError(f"{run_dir} holds a run with a different config; resume it with its own "
-                              f"config, or pick a fresh run directory (hydra.run.dir=...)")
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         data_gen.set_state(state["data_rng"])
