@@ -48,11 +48,6 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none"
                               ["task", "model.d_model"])]
 
 
-def plan(sweep_dir: Path, spec: dict, policy: adaptive.Adaptive) -> list[list[str]]:
-    """The next adaptive round of the study's finished runs (`adaptive.plan_study`)."""
-    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec), spec["steps"])
-    return list(adaptive.plan_study(runs, policy, CANNOT)["job"])
-
 
 def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str, n_jobs: Optional[int]) -> int:
     """Plan and run rounds until the plan is empty; returns the number of rounds run by this invocation."""
@@ -123,7 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t0, rounds, extra = time.perf_counter(), 0, 0
     if not args.skip_train:
         rounds = train_rounds(spec, jobs, sweep_dir, out_dir, launcher, n_jobs)
-        extra = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, policy), sweep_dir, out_dir, launcher, n_jobs)
+        extra = sweeps.train_rounds(spec, lambda: adaptive.next_round(sweep_dir, spec, policy, CANNOT),
+                                    sweep_dir, out_dir, launcher, n_jobs)
     markdown.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, jobs, record),
                         launcher=launcher, n_jobs=n_jobs, rounds_this_invocation=rounds, seed_offset=args.seed_offset,

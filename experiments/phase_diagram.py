@@ -52,11 +52,6 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot learn induction",
                               within=["task.seq_len", "model.d_model"])]
 
 
-def plan(sweep_dir: Path, spec: dict, policy: adaptive.Adaptive) -> list[list[str]]:
-    """The next adaptive round of the study's finished runs (`adaptive.plan_study`)."""
-    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec), spec["steps"])
-    return list(adaptive.plan_study(runs, policy, CANNOT)["job"])
-
 
 def study_runs(sweep_dir: Path, spec: dict) -> pd.DataFrame:
     """Learning curves of the finished runs under `sweep_dir` that are jobs of `spec` (strays left out; diverged
@@ -201,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=args.only,
                                                 seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
-        rounds = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, policy), sweep_dir, out_dir, launcher, n_jobs)
+        rounds = sweeps.train_rounds(spec, lambda: adaptive.next_round(sweep_dir, spec, policy, CANNOT),
+                                     sweep_dir, out_dir, launcher, n_jobs)
     markdown.finish_study("experiments.phase_diagram", args, "phase_diagram", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
                         launcher=launcher, n_jobs=n_jobs, seed_offset=args.seed_offset,

@@ -242,11 +242,6 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
     return path
 
 
-def plan(sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> list[list[str]]:
-    """The next adaptive round of the figures' finished runs (`adaptive.plan_study`)."""
-    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec, only=grids), spec["steps"])
-    return list(adaptive.plan_study(runs, policy, CANNOT)["job"])
-
 
 def write_adaptive(out: Path, sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> None:
     """`reproduce_budgets.csv` (per run: grid budget, budget reached, outcome; fig3's capability is read at the budget
@@ -296,8 +291,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             sweep = sweeps.run_sweep(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")
         except RuntimeError as e:  # the figures whose runs finished are still drawn below
             print(f"error: {e}", file=sys.stderr)
-        sweep["adaptive_rounds"] = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, grids, policy), sweep_dir,
-                                                       runs_root, launcher, n_jobs)
+        sweep["adaptive_rounds"] = sweeps.train_rounds(
+            spec, lambda: adaptive.next_round(sweep_dir, spec, policy, CANNOT, grids), sweep_dir, runs_root, launcher,
+            n_jobs)
     findings: dict[str, C.Finding] = {}
     failed: dict[str, str] = {}
     for name in tqdm(names, desc="figures", unit="fig"):

@@ -371,3 +371,11 @@ def plan_study(runs: pd.DataFrame, a: Adaptive = Adaptive(), rules: Sequence[Can
     """The next adaptive round of a `study_runs` frame: budgets per run, rates per cell (`plan_round` with cell
     keys setting + arm, arms compared within a setting)."""
     return plan_round(runs, ["setting", "arm"], ["arm"], a, rules, Protocol(lr="lr"))
+
+
+def next_round(sweep_dir: Path, spec: dict, a: Adaptive, rules: Sequence[CannotRule] = (),
+               grids: Sequence[str] = ()) -> list[list[str]]:
+    """The jobs of a study's next adaptive round, read from the finished runs of its `grids` (all when empty) under
+    `sweep_dir` (`sweeps.experiment_spec` in; what `sweeps.train_rounds` asks for before each round)."""
+    runs = study_runs(sweep_dir, sweeps.expand_jobs(spec, only=list(grids)), spec["steps"])
+    return list(plan_study(runs, a, rules)["job"])
