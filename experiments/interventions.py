@@ -103,11 +103,6 @@ def previous_heads(sweep_dir: Path, cells: pd.DataFrame) -> dict[int, int]:
     return {seed: head for seed, head in found.items() if head is not None}
 
 
-def plan(sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> list[list[str]]:
-    """The next adaptive round of the finished runs of `grids` (all when empty): `adaptive.plan_study`."""
-    runs = adaptive.study_runs(sweep_dir, sweeps.expand_jobs(spec, only=list(grids)), spec["steps"])
-    return list(adaptive.plan_study(runs, policy)["job"])
-
 
 def _develop(run_dir: Path) -> Optional[str]:
     """The developmental measures of one run, on one torch thread (a worker of `develop`); its error, if any."""
@@ -126,12 +121,15 @@ def develop(sweep_dir: Path, cells: pd.DataFrame, n_jobs: int = 1) -> dict[str, 
     best-lr vanilla 2L and KV-shift 1L run whose summary.json lacks them (never computed, or rewritten since by a
     longer budget), `n_jobs` at a time; run -> its summary.json."""
     picks = cells[(cells["task"] == study.INDUCTION) & cells["arm"].isin([study.VANILLA, study.KV])]["run"]
-    summary = {run: json.loads((sweep_dir / run / "summary.json").read_text()) for run in picks}
-    todo = [sweep_dir / run for run in picks if "llc_stage_boundaries" not in summary[run]]
-    for error in Parallel(n_jobs=max(1, min(n_jobs, len(todo))))(delayed(_develop)(d) for d in todo):
+    def summary(run: str) -> dict:
+        return json.loads((sweep_dir / run / "summary.json").read_text())
+
+    summaries = {run: summary(run) for run in picks}
+    todo = [run for run, s in summaries.items() if "llc_stage_boundaries" not in s]
+    for error in Parallel(n_jobs=max(1, min(n_jobs, len(todo))))(delayed(_develop)(sweep_dir / run) for run in todo):
         if error:
             print(f"error: developmental measures failed for {error}", file=sys.stderr, flush=True)
-    return {run: json.loads((sweep_dir / run / "summary.json").read_text()) for run in picks}
+    return {**summaries, **{run: summary(run) for run in todo}}
 
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict, n_jobs: int = 1) -> dict[str, Path]:
@@ -229,8 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only,
                                                  seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
-        rounds = sweeps.train_rounds(spec, lambda: plan(sweep_dir, spec, only, policy), sweep_dir, out_dir, launcher,
-                                     n_jobs)
+        rounds = sweeps.train_rounds(spec, lambda: adaptive.next_round(sweep_dir, spec, policy, grids=only),
+                                     sweep_dir, out_dir, launcher, n_jobs)
     markdown.finish_study("experiments.interventions", args, "interventions", sweep_dir, t0,
                           lambda record: write_outputs(sweep_dir, args.results_dir, spec, record, n_jobs or 1),
                           launcher=launcher, n_jobs=n_jobs, grids=only, adaptive_policy=dataclasses.asdict(policy),

@@ -196,7 +196,7 @@ def release_delays(cells_: pd.DataFrame) -> tuple[pd.DataFrame, Verdict]:
     baseline = "KV-shift 1L never switched off (s = 0)"
     evidence = [f"s = 0: {base:g} steps"] + [
         f"s = {r.release}: " + (f"delay {r.delay_after_release:g} steps" if math.isfinite(r.delay_after_release)
-                                else f"median not reached ({r.watched_after_release:g}+ steps after release)")
+                                else "median not reached")
         + f" ({r.reached_90}/{r.seeds} reached 90 %"
         + (f"; watched {r.watched_after_release:g} steps after release)" if r.reached_90 < r.seeds else ")")
         for r in table.itertuples()]
@@ -425,20 +425,22 @@ def split_verdict(table: pd.DataFrame, min_decided: int = 3) -> Verdict:
             f"{1 - SPLIT_SHARE:.2f} and vanilla more often (Fisher exact, one-sided, p < {ALPHA}); not reproduced if "
             f"vanilla 2L <= {1 - SPLIT_SHARE:.2f} or KV-shift 1L >= {SPLIT_SHARE:.2f}; else inconclusive")
     baseline = "KV-shift 1L (the same measures, the same LLC settings)"
-    counts = {}
+    split, decided, evidence = {}, {}, []  # per arm: runs whose bump splits, runs decided (induction_split not None)
     for arm in (VANILLA, KV):
-        decided = table.loc[(table["arm"] == arm) & table["induction_split"].notna(), "induction_split"].astype(bool)
-        counts[arm] = (int(decided.sum()), len(decided), int(((table["arm"] == arm) & table["induction_split"].isna()
-                                                              ).sum()))
-    evidence = [f"{arm}: split in {k}/{n} decided runs ({undecided} undecided: induction never formed, or it first "
-                f"held at the same checkpoint as the previous-token head)" for arm, (k, n, undecided) in counts.items()]
-    (kv_, nv), (kk, nk) = counts[VANILLA][:2], counts[KV][:2]
-    if (nv >= min_decided and kv_ / nv <= 1 - SPLIT_SHARE) or (nk >= min_decided and kk / nk >= SPLIT_SHARE):
+        runs = table.loc[table["arm"] == arm, "induction_split"]
+        split[arm], decided[arm] = int(runs.dropna().astype(bool).sum()), int(runs.notna().sum())
+        evidence.append(f"{arm}: split in {split[arm]}/{decided[arm]} decided runs ({len(runs) - decided[arm]} "
+                        "undecided: induction never formed, or it first held at the same checkpoint as the "
+                        "previous-token head)")
+    share = {arm: split[arm] / decided[arm] if decided[arm] else math.nan for arm in (VANILLA, KV)}
+    if (decided[VANILLA] >= min_decided and share[VANILLA] <= 1 - SPLIT_SHARE) or \
+            (decided[KV] >= min_decided and share[KV] >= SPLIT_SHARE):
         return Verdict(NOT_REPRODUCED, rule, baseline, evidence)
-    if nv < min_decided or nk < min_decided:
+    if min(decided.values()) < min_decided:
         return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="too few decided runs")
-    p = float(stats.fisher_exact([[kv_, nv - kv_], [kk, nk - kk]], alternative="greater").pvalue)
+    table2x2 = [[split[arm], decided[arm] - split[arm]] for arm in (VANILLA, KV)]
+    p = float(stats.fisher_exact(table2x2, alternative="greater").pvalue)
     evidence.append(f"vanilla 2L splits more often: Fisher exact {fmt_p(p)}")
-    if kv_ / nv >= SPLIT_SHARE and kk / nk <= 1 - SPLIT_SHARE and p < ALPHA:
+    if share[VANILLA] >= SPLIT_SHARE and share[KV] <= 1 - SPLIT_SHARE and p < ALPHA:
         return Verdict(REPRODUCED, rule, baseline, evidence, p=p)
     return Verdict(INCONCLUSIVE, rule, baseline, evidence, reason="shares between the bounds or not significant")
