@@ -80,10 +80,10 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     for key, frame in tables.items():
         frame.to_csv(paths[key], index=False)
     every_run, lrs = pd.read_csv(paths["runs"]), pd.read_csv(paths["lrs"])
-    lrs["edge"] = lrs["edge"].fillna("")  # an interior best rate is written as an empty cell
     # Every claim and figure reads each arch at its best learning rate; the CSVs keep every rate.
-    curves, runs, heads, shifts = (lm.at_best_lr(pd.read_csv(paths[k]), every_run, lrs)
-                                   for k in ("curves", "runs", "heads", "alpha_beta"))
+    runs = lm.at_best_lr(every_run, every_run, lrs)
+    curves, heads, shifts = (lm.at_best_lr(pd.read_csv(paths[k]), every_run, lrs)
+                             for k in ("curves", "heads", "alpha_beta"))
     main_heads = heads[heads["variant"] != "babygpt"]
     for name, fig in (("curves", lm.plot_lm_curves(curves)), ("heads", lm.plot_lm_heads(main_heads, curves, EMERGENCE_THRESHOLD)),
                       ("table4", lm.plot_table4(shifts))):

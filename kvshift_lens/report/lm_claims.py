@@ -91,8 +91,8 @@ TAIL = 0.25  # the last quarter of the steps
 def lr_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per label and learning rate: seeds, diverged runs and the mean final held-out loss [95 % t]; `best` marks each
     label's lowest mean among rates with all its seeds where no run diverged (each arch at its own best rate), `edge`
-    names a best rate at
-    the low or high end of the rates tried ("" when interior, "single rate" when only one was tried)."""
+    names a best rate at the low or high end of the rates tried ("" when interior, "single rate" when only one was
+    tried)."""
     rows = []
     for (label, lr), g in runs.groupby(["label", LR], sort=True):
         mean, lo, hi = mean_ci(g["final_eval_loss"])
@@ -130,24 +130,27 @@ def tail_drop(curves: pd.DataFrame, tail: float = TAIL) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "run", "from_step", "to_step", "drop"])
 
 
-def flatness(curves: pd.DataFrame, lrs: Optional[pd.DataFrame] = None) -> dict[str, str]:
-    """Per label: its best rate (and edge), and the drop of its held-out loss over the last quarter with its 95 %
-    interval over runs (one run: the drop itself): "still falling" when the upper end reaches FLAT_NATS, "rising"
-    when the lower end reaches −FLAT_NATS, else "flat"."""
+FALLING = "still falling"
+
+
+def flatness(curves: pd.DataFrame, lrs: Optional[pd.DataFrame] = None) -> dict[str, tuple[str, str]]:
+    """Per label: (state, text). The state reads the drop of its held-out loss over the last quarter and its 95 %
+    interval over runs (one run: the drop itself): FALLING when the upper end reaches FLAT_NATS, "rising" when the
+    lower end reaches −FLAT_NATS, else "flat". The text gives the drop, the state and its best rate (and edge)."""
     out = {}
     for label, d in tail_drop(curves).groupby("label"):
         mean, lo, hi = mean_ci(d["drop"])
-        lo, hi = (lo, hi) if hi == hi else (mean, mean)
-        state = ("no evaluation in the last quarter" if mean != mean else "still falling" if hi >= FLAT_NATS
-                 else "rising" if lo <= -FLAT_NATS else "flat")
-        text = (f"loss fell {fmt_ci(*mean_ci(d['drop']), 3)} nats over steps {d['from_step'].iloc[0]}–"
+        low, high = (lo, hi) if hi == hi else (mean, mean)
+        state = ("no evaluation in the last quarter" if mean != mean else FALLING if high >= FLAT_NATS
+                 else "rising" if low <= -FLAT_NATS else "flat")
+        text = (f"loss fell {fmt_ci(mean, lo, hi, 3)} nats over steps {d['from_step'].iloc[0]}–"
                 f"{d['to_step'].iloc[0]}: {state} (flat: within ±{FLAT_NATS} nats)")
         best = lrs[(lrs["label"] == label) & lrs["best"]] if lrs is not None else pd.DataFrame()
         if len(best):
             edge = best["edge"].iloc[0]
             text = f"best lr {best['lr'].iloc[0]:g}" + (f" ({edge})" if isinstance(edge, str) and edge else "") + \
-                f"; {text}"
-        out[label] = text
+                f"; {text}"  # an interior best rate read back from CSV has a NaN edge
+        out[label] = (state, text)
     return out
 
 
@@ -267,7 +270,8 @@ def setup_line(runs: pd.DataFrame) -> str:
     one = lambda col: "/".join(str(v) for v in sorted(main[col].dropna().unique()))  # noqa: E731
     return (f"{one('task.corpus')} ({one('task.tokenizer')} tokens; held out by document), sequences of "
             f"{one('task.seq_len')}, batch {one('train.batch_size')}, {one('steps')} steps; AdamW, each architecture "
-            f"at its best learning rate (of those tried: results/lm_lrs.csv; named per model below) ({one('train.warmup')} warmup steps, cosine to 10 %), β 0.9/0.95, weight decay "
+            f"at its best learning rate of those tried (results/lm_lrs.csv; named per model below), "
+            f"{one('train.warmup')} warmup steps, cosine to 10 %, β 0.9/0.95, weight decay "
             f"0.1 on matrices, clip 1.0; d_model {one('model.d_model')}, {one('model.n_heads')} heads; `llama` = "
             f"{one('model.norm')} + {one('model.mlp')} (d_mlp {one('model.d_mlp')}) + {one('model.positions')} "
             f"positions, `attn-only` without MLPs. {MEANS}")
@@ -306,7 +310,8 @@ def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame, lrs: Optional[pd.DataF
         outcome = effect_outcome(last["lo"], last["hi"])  # identical gaps have no interval: inconclusive
         p_claim, p_rev = (stats.ttest_1samp(gap, 0, alternative=a).pvalue if len(gap) > 1 and np.ptp(gap) > 0
                           else np.nan for a in ("greater", "less"))
-        arch_lines = [f"{arch}: {flat[lab]}" for arch, lab in final.groupby("arch")["label"].first().items() if lab in flat]
+        arch_lines = [f"{arch}: {flat[lab][1]}" for arch, lab in final.groupby("arch")["label"].first().items()
+                      if lab in flat]
         numbers[-1] += ("; " + "; ".join(arch_lines)) if arch_lines else ""
         parts.append((name, Verdict(outcome, "paired t-interval (by seed) of vanilla − KV shift final held-out loss "
                                     "(unbounded) above 0, each arch at its best learning rate; not reproduced if below 0",
@@ -315,7 +320,7 @@ def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame, lrs: Optional[pd.DataF
                                      *arch_lines],
                                     p=float(p_claim), p_reverse=float(p_rev) if outcome == NOT_REPRODUCED else np.nan)))
     notes = []
-    if any(": still falling" in text for text in flat.values()):
+    if any(state == FALLING for state, _ in flat.values()):
         notes.append("At least one loss curve is still falling at the end: the gap is measured at a fixed budget of "
                      "tokens, not at convergence.")
     if lrs is not None and (lrs["best"] & lrs["edge"].isin(["lowest rate tried", "highest rate tried"])).any():
