@@ -13,11 +13,10 @@ import types
 
 import torch
 
-from benchmarks.harness import Shape, interleaved, make_step, model_config, ratio
+from benchmarks.harness import Shape, interleaved, make_step, model_config, ratio, shape_tokens
 from kvshift_lens.models.mixers.base import shift
 from kvshift_lens.models.mixers.kv_shift import KVShift
 from kvshift_lens.models.transformer import build_module
-from kvshift_lens.data.tasks.base import make_task, task_config
 
 
 def _mix(x: torch.Tensor, c: torch.Tensor, window: int) -> torch.Tensor:
@@ -37,7 +36,7 @@ def compiled_forward(self: KVShift, x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     torch.set_num_threads(1)
     s = Shape(1, 64, 64, 64)
-    tokens = make_task(task_config("induction", d_vocab=64, seq_len=64)).sample(64, torch.Generator().manual_seed(0)).tokens
+    tokens = shape_tokens(s, torch.device("cpu"))
     patched = build_module(model_config(s, "kvshift")).train()
     for m in patched.modules():
         if isinstance(m, KVShift):

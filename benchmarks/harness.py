@@ -95,12 +95,16 @@ def model_config(shape: Shape, arch: str):
     return mixer_model_config(shape, "kv_shift" if arch == "kvshift" else "none")
 
 
-def shape_tokens(shape: Shape, device: torch.device) -> torch.Tensor:
-    """One induction batch of the shape (the same tokens for every variant)."""
+def shape_task(shape: Shape):
+    """The induction task at the shape's vocabulary and length (every benchmark's data)."""
     from kvshift_lens.data.tasks.base import make_task, task_config
 
-    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
-    return task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
+    return make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
+
+
+def shape_tokens(shape: Shape, device: torch.device) -> torch.Tensor:
+    """One induction batch of the shape (the same tokens for every variant)."""
+    return shape_task(shape).sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
 
 
 def interleaved(variants: dict[str, Callable[[], None]], rounds: int, inner: int, device: torch.device,
@@ -140,35 +144,20 @@ def ms_per_call(times: dict[str, list[float]]) -> dict[str, float]:
     return {n: round(1e3 * statistics.median(t), 3) for n, t in times.items()}
 
 
-def trainer_loop_step(model: torch.nn.Module, cfg, shape: Shape, device: torch.device, schedule=None) -> Callable[[], None]:
-    """The body of `kvshift_lens.training.trainer.train`'s loop (lr schedule, sampling, batch_loss, clip, constrain,
-    `.item()`) for `model` on induction at `shape`; `schedule` (an `InterventionSchedule`) adds its calls."""
-    from kvshift_lens.data.tasks.base import make_task, task_config
-    from kvshift_lens.models.transformer import constrain_
-    from kvshift_lens.training.trainer import _to, batch_loss, lr_at, make_optimizer
+def trainer_loop_step(model: torch.nn.Module, cfg, shape: Shape, device: torch.device) -> Callable[[], None]:
+    """`kvshift_lens.training.trainer.train`'s loop step (`train_step`: lr schedule, `cfg.interventions`, loss,
+    backward, clip, AdamW, constraints) on a fresh induction batch of `shape` each call."""
+    from kvshift_lens.training.intervention_hooks import InterventionSchedule
+    from kvshift_lens.training.trainer import _to, make_optimizer, train_step
 
     opt = make_optimizer(model, cfg)
-    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
+    schedule = InterventionSchedule(model, cfg.interventions, cfg.steps, shape.seq)
+    task = shape_task(shape)
     gen = torch.Generator().manual_seed(0)
     state = {"step": 0}
 
     def step() -> None:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(state["step"], cfg)
-        batch = _to(task.sample(cfg.batch_size, gen), device)
-        if schedule is not None:
-            schedule.at(state["step"])
-        loss = batch_loss(model(batch.tokens), batch, cfg.loss_on)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if schedule is not None:
-            schedule.after_backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        constrain_(model)
-        if schedule is not None:
-            schedule.after_update()
-        loss.item()
+        train_step(model, model, opt, _to(task.sample(cfg.batch_size, gen), device), state["step"], cfg, schedule)
         state["step"] += 1
 
     return step

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-from benchmarks.harness import Context, Shape, interleaved, ms_per_call, ratio, samples_per_round, trainer_loop_step
+from benchmarks.harness import (Context, Shape, interleaved, model_config, ms_per_call, ratio, samples_per_round,
+                                trainer_loop_step)
 
 TARGETS = {"intervention_step_ratio": ("<=", 1.5)}  # a clamped training step vs a plain one
 FULL_SHAPE = Shape(2, 64, 64, 64)  # vanilla 2L at the default training shape
@@ -25,18 +26,13 @@ CLAMPS: dict[str, Optional[tuple[str, Optional[list[int]]]]] = {  # variant -> (
 
 def trainer_step(shape: Shape, clamp: Optional[tuple[str, Optional[list[int]]]], device: torch.device) -> Callable[[], None]:
     """The body of `trainer.train`'s loop for vanilla `shape`, with the intervention calls and `clamp` on layer 0."""
-    from kvshift_lens.models.config import ModelConfig
     from kvshift_lens.models.transformer import build_module
-    from kvshift_lens.training.intervention_hooks import InterventionSchedule
     from kvshift_lens.training.interventions import Intervention
     from kvshift_lens.training.train_config import TrainConfig
 
-    model = build_module(ModelConfig(mixer="none", n_layers=shape.n_layers, d_model=shape.d_model,
-                                     n_heads=shape.n_heads, d_vocab=shape.d_vocab, n_ctx=shape.seq, seed=0))
-    model = model.to(device).train()
+    model = build_module(model_config(shape, "vanilla")).to(device).train()
     ivs = [Intervention("blocks.0.attn.hook_pattern", "clamp", clamp[0], heads=clamp[1])] if clamp else []
-    cfg = TrainConfig(batch_size=shape.batch, interventions=ivs)
-    return trainer_loop_step(model, cfg, shape, device, InterventionSchedule(model, ivs, cfg.steps, shape.seq))
+    return trainer_loop_step(model, TrainConfig(batch_size=shape.batch, interventions=ivs), shape, device)
 
 
 def bench_interventions(shape: Shape, device: torch.device, rounds: int, warmup: int = 3) -> dict:

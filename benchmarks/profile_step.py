@@ -11,18 +11,16 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.harness import Shape, make_step, model_config
+from benchmarks.harness import Shape, make_step, model_config, shape_tokens
 from benchmarks.reference import RefModel
 from kvshift_lens.models.transformer import build_module
-from kvshift_lens.data.tasks.base import make_task, task_config
 
 
 def main() -> None:
     torch.set_num_threads(1)
     args = [int(a) for a in sys.argv[1:5]] or [1, 64, 128, 32]
     shape = Shape(*args)
-    tokens = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq)).sample(
-        shape.batch, torch.Generator().manual_seed(0)).tokens
+    tokens = shape_tokens(shape, torch.device("cpu"))
     variants = {
         "sdpa_ref": make_step(RefModel(shape.d_vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq), tokens),
         "vanilla": make_step(build_module(model_config(shape, "vanilla")).train(), tokens),

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from benchmarks.harness import (Context, Shape, interleaved, make_step, model_config, ms_per_call, ratio,
-                                samples_per_round, trainer_loop_step)
+                                samples_per_round, shape_task, shape_tokens, trainer_loop_step)
 from benchmarks.reference import RefModel
 
 TARGETS = {  # worst case over the shapes, on the 2-core CPU
@@ -36,12 +36,11 @@ def make_trainer_step(shape: Shape, device: torch.device) -> Callable[[], None]:
 
 def bench_shape(shape: Shape, device: torch.device, rounds: int, with_compile: bool, warmup: int = 3) -> dict:
     """Every variant's step at one shape, interleaved, and the data generator against consumption."""
-    from kvshift_lens.data.tasks.base import make_task, task_config
     from kvshift_lens.models.transformer import build_model, build_module
 
     torch.manual_seed(0)
-    task = make_task(task_config("induction", d_vocab=shape.d_vocab, seq_len=shape.seq))
-    tokens = task.sample(shape.batch, torch.Generator().manual_seed(0)).tokens.to(device)
+    task = shape_task(shape)
+    tokens = shape_tokens(shape, device)
     ref = RefModel(shape.d_vocab, shape.d_model, shape.n_heads, shape.n_layers, shape.seq).to(device)
     variants = {
         "sdpa_ref": make_step(ref.train(), tokens),

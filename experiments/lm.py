@@ -68,11 +68,13 @@ def section(findings: dict, runs: pd.DataFrame, lrs: pd.DataFrame, spec: dict, r
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> dict[str, Path]:
     """CSVs, figures, provenance and the markdown section for the study's finished runs; returns the paths."""
-    results.mkdir(parents=True, exist_ok=True)
     run_dirs = sweeps.runs_of_jobs(sweep_dir, sweeps.expand_jobs(spec))
     if not run_dirs:
         raise SystemExit(f"error: no runs of {spec['name']} under {sweep_dir}; run without --skip-train")
-    paths = {k: results / f"lm_{k}.csv" for k in ("curves", "runs", "heads", "alpha_beta", "lrs")}
+    paths = markdown.output_paths(results, "lm", {
+        **{k: f"_{k}.csv" for k in ("curves", "runs", "heads", "alpha_beta", "lrs")},
+        **{f"{k}_png": f"_{k}.png" for k in ("curves", "heads", "table4")},
+        "provenance": ".provenance.json", "verdicts": "_verdicts.csv", "md": ".md"})
     runs = lm.lm_runs(run_dirs, sweep_dir)
     heads = lm.lm_heads(runs, sweep_dir)
     tables = {"curves": lm.lm_curves(run_dirs, sweep_dir), "runs": runs, "heads": heads,
@@ -87,7 +89,6 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
     main_heads = heads[heads["variant"] != "babygpt"]
     for name, fig in (("curves", lm.plot_lm_curves(curves)), ("heads", lm.plot_lm_heads(main_heads, curves, EMERGENCE_THRESHOLD)),
                       ("table4", lm.plot_table4(shifts))):
-        paths[f"{name}_png"] = results / f"lm_{name}.png"
         fig.savefig(paths[f"{name}_png"], dpi=120)
         plt.close(fig)
     findings = {"lm_gap": lm.find_lm_gap(curves, runs, lrs),
@@ -97,10 +98,9 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
               "train_core_minutes": round(every_run["train_seconds"].sum() / 60, 1),
               "training_time": provenance.training_time(sweep_dir / r for r in every_run["run"]),
               "verdicts": {n: f.verdict.label for n, f in findings.items()}}
-    paths["provenance"] = provenance.write_json(results / "lm.provenance.json", record)
-    paths["verdicts"] = replication.write_verdicts(results / "lm_verdicts.csv", replication.verdict_rows(
+    provenance.write_json(paths["provenance"], record)
+    replication.write_verdicts(paths["verdicts"], replication.verdict_rows(
         "lm", [(n, f.verdict, f.parts) for n, f in findings.items()]))
-    paths["md"] = results / "lm.md"
     paths["md"].write_text(section(findings, every_run, lrs, spec, record))
     return paths
 

@@ -102,6 +102,13 @@ def test_cannot_rule_stops_at_the_cap():
     assert not A.cannot_table(runs, [rule], A.Adaptive(cap=2), P).iloc[0].cannot_judged
 
 
+def test_cannot_table_has_no_row_where_the_negative_arm_was_never_trained():
+    runs = _runs([("kv", 8, 1e-2, 0, "success", 1000, 600.0), ("none", 8, 1e-2, 0, "failure", 4000),
+                  ("kv", 16, 1e-2, 0, "success", 1000, 300.0)])
+    rule = A.CannotRule("v1 cannot", negative={"arch": "none"}, positive={"arch": "kv"}, within=["d"])
+    assert A.cannot_table(runs, [rule], A.Adaptive(), P)["d"].tolist() == [8]
+
+
 @pytest.mark.parametrize("lr, direction, expected", [(1e-2, 1, 3e-2), (3e-3, 1, 1e-2), (1e-3, -1, 3e-4),
                                                      (3e-4, -1, 1e-4), (2e-3, 1, 3e-3)])
 def test_half_decade_grid(lr, direction, expected):

@@ -49,9 +49,10 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
-def interrupted(step: Optional[int] = None, saved: Optional[int] = None) -> None:
-    """Ctrl-C: one line saying where the run stopped and what rerunning does, then exit status 130."""
-    print(interrupt_message(step, saved), file=sys.stderr)
+def interrupted(e: KeyboardInterrupt) -> None:
+    """Ctrl-C: one line saying where the run stopped (a `TrainingInterrupted`'s `step` and `saved`, when `e` is one)
+    and what rerunning does, then exit status 130."""
+    print(interrupt_message(getattr(e, "step", None), getattr(e, "saved", None)), file=sys.stderr)
     sys.exit(130)
 
 
@@ -77,7 +78,7 @@ def hydra_entry(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt as e:  # a sweep's launcher process (its jobs stop silently), or while Hydra starts
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:  # before the job: no stub left
             drop_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        interrupted(getattr(e, "step", None), getattr(e, "saved", None))
+        interrupted(e)
 
 
 def hydra_error_line(e: BaseException) -> str:
@@ -120,7 +121,7 @@ def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sw
         drop_if_empty(run_dir, root)  # stopped before the run wrote anything: no stub directory
         if in_sweep:  # the launcher process says it once for the whole sweep
             raise
-        interrupted(getattr(e, "step", None), getattr(e, "saved", None))
+        interrupted(e)
     except Exception as e:  # noqa: BLE001  (a job records every failure; KeyboardInterrupt still stops)
         expected = isinstance(e, (ValueError, OSError))  # ConfigError, divergence, missing/corrupt files
         text = str(e).strip() or type(e).__name__

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -255,23 +255,11 @@ def train(
     try:  # Ctrl-C: the CLI prints one line naming the step; a rerun resumes from the rolling resume.pt
         while step < cfg.steps and not reached_stop():
             t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            batch = _to(task.sample(cfg.batch_size, data_gen), device)
-            interventions.at(step)
-            loss = batch_loss(forward(batch.tokens), batch, cfg.loss_on)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):  # stop before the update: the last checkpoints stay finite
+            loss_value = train_step(model, forward, opt, _to(task.sample(cfg.batch_size, data_gen), device), step,
+                                    cfg, interventions)
+            if not math.isfinite(loss_value):  # nothing was updated: the last checkpoints stay finite
                 write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
                 raise TrainingDiverged(f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            interventions.after_backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            constrain_(model)
-            interventions.after_update()
             step += 1
             recent = (recent + [loss_value])[-cfg.eval_every:]
             train_seconds += time.perf_counter() - t0
@@ -298,6 +286,28 @@ def train(
         save_model(model, final)
 
     return write_summary("completed")
+
+
+def train_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+               batch: Batch, step: int, cfg: TrainConfig, interventions: InterventionSchedule) -> float:
+    """One step of `train`'s loop (what `make bench` times): lr schedule, interventions, loss, backward, clip, AdamW,
+    constraints. Returns the loss before the update; a non-finite loss returns before anything is updated."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    interventions.at(step)
+    loss = batch_loss(forward(batch.tokens), batch, cfg.loss_on)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    interventions.after_backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    constrain_(model)
+    interventions.after_update()
+    return value
 
 
 def summarize(rows: list[dict], threshold: float = 0.9) -> dict:
