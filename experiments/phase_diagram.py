@@ -36,6 +36,7 @@ from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.training.runs import load_runs, run_status  # noqa: E402
 from kvshift_lens.report import phase, figures as plots  # noqa: E402
 from kvshift_lens.report.markdown import md_table  # noqa: E402
+from kvshift_lens.report.multiplicity import fmt_adjusted  # noqa: E402
 from kvshift_lens.report.claims import plateau_text  # noqa: E402
 from kvshift_lens.report.protocol import lr_grid_violations  # noqa: E402
 from kvshift_lens.report.robustness import robustness  # noqa: E402
@@ -71,8 +72,8 @@ def verdict_lines(cells: pd.DataFrame, trends: pd.DataFrame, frontiers: pd.DataF
              f"Baseline: {depth.baseline}. Success rates over width × seed at the best lr: "
              + "; ".join(phase.success_rate_line(cells, a, n) for a, n in (("kvshift", 1), ("vanilla", 1), ("vanilla", 2)))
              + "."]
-    lines += [f"  - {name}: **{v.label}** — rule: {v.rule}; baseline: {v.baseline}; {'; '.join(v.evidence)}."
-              for name, v in parts]
+    lines += [f"  - {name}: **{v.label}** — rule: {v.rule}; baseline: {v.baseline}; {'; '.join(v.evidence)}"
+              + (f" (claimed direction: {fmt_adjusted(v)})." if fmt_adjusted(v) else ".") for name, v in parts]
     width = phase.width_verdict(trends)
     lines.append(f"- **Width claim** — {phase.WIDTH_CLAIM} **Verdict: {width.label}.** Rule: {width.rule}. Baseline: "
                  f"{width.baseline}. " + " ".join(e + "." for e in width.evidence))
@@ -158,7 +159,8 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
               "succeeding cell-seeds (" + ", ".join(f"lr {lr:g}: {n}" for lr, n in edge.lr.value_counts().sort_index().items())
               + "): a wider grid could move those cells, not the ones whose best lr is interior.", ""]
     lines += [
-        f"### Best-lr accuracy, mean over seeds (seq_len {main_len}, 1 head)", "",
+        f"### Best accuracy during training (running maximum) at the best lr, mean over seeds (seq_len {main_len}, "
+        "1 head; blank: never trained)", "",
         md_table(phase.grid_table(main, "best_induction_acc").round(3).reset_index(), ".3f"), "",
         "Seeds reaching 90 % at their best lr (censored seeds in brackets):", "",
         md_table(phase.outcome_table(main).reset_index()), "",

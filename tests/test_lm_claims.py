@@ -156,7 +156,7 @@ def tail(drops: list[float]) -> pd.DataFrame:
 ])
 def test_flatness_reads_the_interval_of_the_tail_drop(drops, state):
     got, text = flatness(tail(drops))["kvshift 2L llama"]
-    assert got == state and text.endswith(f": {state} (flat: within ±0.01 nats)")
+    assert got == state and text.endswith(f": {state} (\"flat\" would be a drop within ±0.01 nats)")
 
 
 def test_the_gap_says_whether_each_loss_curve_is_flat_or_still_falling():

@@ -144,7 +144,7 @@ def flatness(curves: pd.DataFrame, lrs: Optional[pd.DataFrame] = None) -> dict[s
         state = ("no evaluation in the last quarter" if mean != mean else FALLING if high >= FLAT_NATS
                  else "rising" if low <= -FLAT_NATS else "flat")
         text = (f"loss fell {fmt_ci(mean, lo, hi, 3)} nats over steps {d['from_step'].iloc[0]}–"
-                f"{d['to_step'].iloc[0]}: {state} (flat: within ±{FLAT_NATS} nats)")
+                f"{d['to_step'].iloc[0]}: {state} (\"flat\" would be a drop within ±{FLAT_NATS} nats)")
         best = lrs[(lrs["label"] == label) & lrs["best"]] if lrs is not None else pd.DataFrame()
         if len(best):
             edge = best["edge"].iloc[0]
@@ -406,7 +406,8 @@ def find_lm_table4(shifts: pd.DataFrame) -> Finding:
     setup = ("Every head of every KV-shift run of the LM study, at init and at the end; quadrants from the first "
              "two taps (α1 on K_t, α2 on K_(t−1); β likewise for V). Shares carry exact Clopper–Pearson intervals.")
     return Finding(base.claim, setup, numbers, overall(parts, "each part", "the same heads at initialisation"), parts,
-                   ["Heads of one run are not independent draws; the diagonal tests treat heads as units."])
+                   ["Heads of one run are not independent draws; the Clopper–Pearson intervals and the diagonal tests treat heads as "
+                    "units, so they are narrower than intervals over runs would be."])
 
 
 def anchor_lines(runs: pd.DataFrame) -> list[str]:

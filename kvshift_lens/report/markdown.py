@@ -17,7 +17,7 @@ from kvshift_lens.training import provenance, sweeps
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
     """A GitHub markdown table (`DataFrame.to_markdown` via tabulate); NaN / NA as blank cells."""
-    return df.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="")
 
 
 def verdict_line(f: Finding) -> str:
@@ -38,7 +38,7 @@ def finding_section(name: str, f: Finding, image: str = "") -> list[str]:
         lines += ["", "Evidence: " + "; ".join(f.verdict.evidence) + "."]
     if f.notes:
         lines += ["", *f.notes]
-    return lines + ([f"", f"![{name}]({image})"] if image else [])
+    return lines + (["", f"![{name}]({image})"] if image else [])
 
 
 def verdict_counts(findings: Mapping[str, Finding], fragile: Optional[Mapping[str, bool]] = None) -> list[str]:

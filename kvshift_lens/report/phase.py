@@ -184,7 +184,8 @@ def compare_models(cell_table: pd.DataFrame, a: tuple[str, int], b: tuple[str, i
              f"{name_b} more: {fmt_p(less.p)}"], p=more.p, p_reverse=less.p)),
         (f"{name_a} reaches 90 % sooner than {name_b}", Verdict(
             one_sided_outcome(sooner.p, later.p), f"log-rank test of steps to 90 % at the best lr (runs that never reach it "
-            f"censored at their budget), one-sided at {ALPHA}", baseline,
+            f"censored at their budget), one-sided at {ALPHA}; the matched runs pooled, not stratified by pair",
+            baseline,
             [f"events {sooner.events_a}/{sooner.n_a} vs {sooner.events_b}/{sooner.n_b}; {name_a} sooner: "
              f"{fmt_p(sooner.p)}, later: {fmt_p(later.p)}"], p=sooner.p, p_reverse=later.p)),
     ]
