@@ -103,7 +103,6 @@ def previous_heads(sweep_dir: Path, cells: pd.DataFrame) -> dict[int, int]:
     return {seed: head for seed, head in found.items() if head is not None}
 
 
-
 def _develop(run_dir: Path) -> Optional[str]:
     """The developmental measures of one run, on one torch thread (a worker of `develop`); its error, if any."""
     import torch

@@ -48,7 +48,6 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none"
                               ["task", "model.d_model"])]
 
 
-
 def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str, n_jobs: Optional[int]) -> int:
     """Plan and run rounds until the plan is empty; returns the number of rounds run by this invocation."""
     rounds, last, log = 0, None, out_dir / "logs" / f"{spec['name']}.log"

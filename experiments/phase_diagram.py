@@ -53,7 +53,6 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot learn induction",
                               within=["task.seq_len", "model.d_model"])]
 
 
-
 def study_runs(sweep_dir: Path, spec: dict) -> pd.DataFrame:
     """Learning curves of the finished runs under `sweep_dir` that are jobs of `spec` (strays left out; diverged
     runs kept with the rows they logged, failed and unfinished ones left out)."""

@@ -242,7 +242,6 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
     return path
 
 
-
 def write_adaptive(out: Path, sweep_dir: Path, spec: dict, grids: Sequence[str], policy: adaptive.Adaptive) -> None:
     """`reproduce_budgets.csv` (per run: grid budget, budget reached, outcome; fig3's capability is read at the budget
     reached, its speed at the grid budget), `reproduce_lrs.csv` (best rate per cell, `lr_edge`) and

@@ -144,10 +144,11 @@ def cannot_table(runs: pd.DataFrame, rules: Sequence[CannotRule], a: Adaptive = 
     rows = []
     for rule in rules:
         for key, g in _groups(runs, rule.within):
-            if not _select(g, rule.negative).any():
+            negative = _select(g, rule.negative)
+            if not negative.any():
                 continue  # the negative arm was never trained here: no "cannot" to state
             steps = _positive_steps(g, rule, p)
-            neg = g[_select(g, rule.negative) & (g["outcome"] == FAILURE)]
+            neg = g[negative & (g["outcome"] == FAILURE)]
             needed = a.cannot_ratio * steps if steps == steps else math.nan
             budget = float(neg["budget"].min()) if len(neg) else math.nan
             rows.append({"rule": rule.name, **dict(zip(rule.within, key)), "positive_steps": steps,
