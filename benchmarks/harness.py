@@ -148,7 +148,7 @@ def trainer_loop_step(model: torch.nn.Module, cfg, shape: Shape, device: torch.d
     """`kvshift_lens.training.trainer.train`'s loop step (`train_step`: lr schedule, `cfg.interventions`, loss,
     backward, clip, AdamW, constraints) on a fresh induction batch of `shape` each call."""
     from kvshift_lens.training.intervention_hooks import InterventionSchedule
-    from kvshift_lens.training.trainer import _to, make_optimizer, train_step
+    from kvshift_lens.training.trainer import make_optimizer, train_step
 
     opt = make_optimizer(model, cfg)
     schedule = InterventionSchedule(model, cfg.interventions, cfg.steps, shape.seq)
@@ -157,7 +157,7 @@ def trainer_loop_step(model: torch.nn.Module, cfg, shape: Shape, device: torch.d
     state = {"step": 0}
 
     def step() -> None:
-        train_step(model, model, opt, _to(task.sample(cfg.batch_size, gen), device), state["step"], cfg, schedule)
+        train_step(model, model, opt, task.sample(cfg.batch_size, gen).to(device), state["step"], cfg, schedule)
         state["step"] += 1
 
     return step

@@ -7,13 +7,16 @@
     python -m experiments.lm seed_offset=10        # replication: seeds 10, 11, ... into runs/lm/seed_offset_10
 
 One hydra multirun (`experiments.train -m +experiment=<profile>`, 2 jobs × 1 torch thread on the CPU; each
-job also scores its checkpoints, `detect: true`) into `<out-dir>/sweeps/<name>`; re-running skips finished
-runs and resumes killed ones. The outputs read exactly the runs whose `.hydra/overrides.yaml` is one of
+job also scores its checkpoints, `detect: true`) into `<out-dir>/sweeps/<name>`, then learning-rate rounds: while an
+arch's best rate sits at an edge of the rates tried, the next half-decade rate beyond it for both archs of that size
+(`report.lm_claims.plan_lrs`, within `report.adaptive`'s bounds); re-running skips finished runs and resumes killed
+ones. The outputs read exactly the runs whose `.hydra/overrides.yaml` is one of
 the profile's jobs: tidy CSVs, figures, a provenance JSON and the markdown section with the verdicts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from kvshift_lens.report import markdown, replication  # noqa: E402
+from kvshift_lens.report import adaptive, markdown, replication  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
 from kvshift_lens.analysis.emergence import EMERGENCE_THRESHOLD  # noqa: E402
 from kvshift_lens.report import lm_claims as lm  # noqa: E402
@@ -34,6 +37,8 @@ from kvshift_lens.report.markdown import finding_section, md_table  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {"cpu": ("lm", "local_parallel", ("anchor", "llama_2l", "attn_only_2l")),
             "gpu": ("lm_gpu", "basic", ()), "tiny": ("lm_tiny", "basic", ())}  # -> (experiment, launcher, grids)
+LR_POLICY = {"cpu": adaptive.Adaptive(cap=1), "gpu": adaptive.Adaptive(cap=1),
+             "tiny": adaptive.Adaptive(cap=1, lr_bounds=(1e-3, 3e-2))}  # rates widened at an edge; fixed token budget
 
 
 def section(findings: dict, runs: pd.DataFrame, lrs: pd.DataFrame, spec: dict, record: dict) -> str:
@@ -52,7 +57,10 @@ def section(findings: dict, runs: pd.DataFrame, lrs: pd.DataFrame, spec: dict, r
              "", "### Learning rates", "",
              "Each architecture is judged at its best rate: the lowest mean final held-out loss over seeds among rates "
              "where no run diverged (chosen on the held-out plays every claim reads, alike for both arms). "
-             "`edge` names a best rate at the end of the rates tried.", "",
+             "While a best rate sits at an end of the rates tried, the next half-decade rate beyond it is trained for "
+             "both architectures of that size (bounds "
+             f"{' … '.join(adaptive.lr_text(x) for x in record['adaptive_policy']['lr_bounds'] or ()) or 'none: the grid as written'}"
+             "; a rate where a run diverged ends the widening). `edge` names a best rate still at an end.", "",
              md_table(lrs.rename(columns={"final_eval_loss": "final held-out loss", "lo": "95 % lo", "hi": "95 % hi"})),
              "", "### Anchor: nanoGPT's baby GPT", "", *lm.anchor_lines(runs), "",
              "The corpora differ: nanoGPT's tinyshakespeare is ~1.1 MB of selected plays split 90/10 by position (its "
@@ -115,17 +123,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     launcher, n_jobs = sweeps.study_launcher(args, launcher)
     only = list(args.only) if args.only is not None else list(grids)
     spec = sweeps.with_seed_offset(sweeps.experiment_spec(experiment), args.seed_offset)
-    sweeps.expand_jobs(spec, only=only)  # unknown grid names stop here, before any training
+    policy, jobs = LR_POLICY[args.profile], sweeps.expand_jobs(spec, only=only)  # unknown grids stop here
     out_dir, args.results_dir = sweeps.study_dirs(args, args.out_dir, args.results_dir)
     sweep_dir = out_dir / "sweeps" / spec["name"]
-    t0 = time.perf_counter()
+    t0, rounds = time.perf_counter(), 0
     if not args.skip_train:
         sweeps.train_study(sweeps.sweep_command(experiment, out_dir, launcher, n_jobs, only=only,
                                                 seed_offset=args.seed_offset), sweep_dir,
                            out_dir / "logs" / f"{spec['name']}.log")
+        rounds = sweeps.train_rounds(spec, lambda: lm.plan_lrs(sweep_dir, jobs, policy), sweep_dir, out_dir, launcher,
+                                     n_jobs, label="lr")
     markdown.finish_study("experiments.lm", args, "lm", sweep_dir, t0,
                         lambda record: write_outputs(sweep_dir, args.results_dir, spec, record),
-                        launcher=launcher, n_jobs=n_jobs, grids=only, seed_offset=args.seed_offset)
+                        launcher=launcher, n_jobs=n_jobs, grids=only, seed_offset=args.seed_offset,
+                        adaptive_policy=dataclasses.asdict(policy), adaptive_rounds_this_invocation=rounds)
 
 
 if __name__ == "__main__":

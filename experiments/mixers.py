@@ -40,7 +40,7 @@ PROFILES = {"cpu": ("mixers", "local_parallel"), "tiny": ("mixers_tiny", "basic"
             "cluster": ("mixers_cluster", "cluster_slurm"),
             "powered": ("mixers_powered", "local_parallel")}  # profile -> (experiment file, launcher)
 ADAPTIVE = {"cpu": adaptive.OFF, "powered": adaptive.Adaptive(cap=8), "cluster": adaptive.Adaptive(cap=8),
-            "tiny": adaptive.OFF}  # quick (cpu): no adaptive rounds, it already takes ~58 of its 60 minutes
+            "tiny": adaptive.OFF}  # quick (cpu): no adaptive rounds, it already takes ~65 minutes
 KV = {"model/mixer": "kv_shift", "model.n_layers": "1", "model.mixer.sides": ""}
 CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none", "model.n_layers": "1"}, KV,
                               ["task", "model.d_model"]),
@@ -48,23 +48,15 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none"
                               ["task", "model.d_model"])]
 
 
-def train_rounds(spec: dict, jobs, sweep_dir: Path, out_dir: Path, launcher: str, n_jobs: Optional[int]) -> int:
-    """Plan and run rounds until the plan is empty; returns the number of rounds run by this invocation."""
-    rounds, last, log = 0, None, out_dir / "logs" / f"{spec['name']}.log"
-    while True:
-        runnable = jobs.drop(family.failed_jobs(sweep_dir, jobs))  # a job that failed with an error is not retried
-        runs = family.run_table(family.finished_curves(sweep_dir, jobs), sweep_dir)
-        plan = plan_round(runnable, runs, family.FAMILY, family.WIDTH, family.PROTOCOL, spec["search"])
-        if plan.empty:
-            return rounds
-        if last is not None and set(plan.index) <= last:
-            raise SystemExit(f"error: {len(plan)} planned run(s) did not finish in the last round, e.g. "
-                             f"{' '.join(plan['job'].iloc[0])}; see {log}")
-        rounds, last = rounds + 1, set(plan.index)
-        print(f"[mixers] round {rounds}: {len(plan)} runs ({len(runs)} finished of {len(jobs)} in the full grid)", flush=True)
-        selection = sweeps.write_selection(sweep_dir / "rounds" / f"round_{len(runs):05d}.yaml", list(plan["job"]))
-        sweeps.train_study(sweeps.sweep_command(spec["experiment"], out_dir, launcher, n_jobs, select=selection,
-                                                seed_offset=int(spec.get("seed_offset") or 0)), sweep_dir, log)
+def scan_round(spec: dict, jobs, sweep_dir: Path) -> list:
+    """The width scan's next jobs (`report.search.plan_round` over the finished runs; a job that failed with an error
+    is not retried), for `sweeps.train_rounds`."""
+    runnable = jobs.drop(family.failed_jobs(sweep_dir, jobs))
+    runs = family.run_table(family.finished_curves(sweep_dir, jobs), sweep_dir)
+    plan = plan_round(runnable, runs, family.FAMILY, family.WIDTH, family.PROTOCOL, spec["search"])
+    if not plan.empty:
+        print(f"[{spec['name']}] {len(runs)} of the full grid's {len(jobs)} runs finished", flush=True)
+    return list(plan["job"])
 
 
 def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict) -> dict[str, Path]:
@@ -116,7 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     policy = ADAPTIVE[args.profile]
     t0, rounds, extra = time.perf_counter(), 0, 0
     if not args.skip_train:
-        rounds = train_rounds(spec, jobs, sweep_dir, out_dir, launcher, n_jobs)
+        rounds = sweeps.train_rounds(spec, lambda: scan_round(spec, jobs, sweep_dir), sweep_dir, out_dir, launcher,
+                                     n_jobs, label="scan")
         extra = sweeps.train_rounds(spec, lambda: adaptive.next_round(sweep_dir, spec, policy, CANNOT),
                                     sweep_dir, out_dir, launcher, n_jobs)
     markdown.finish_study("experiments.mixers", args, spec["name"], sweep_dir, t0,

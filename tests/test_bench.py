@@ -60,4 +60,3 @@ def test_compile_payback_counts_the_steps_the_saved_time_needs_to_repay_the_comp
     slower = payback_summary({"cold": probe(750.75, 0.5, 0.75), "warm": probe(125.75, 0.5, 0.75)})
     assert slower["payback_steps"] == {"cold": None, "warm": None}
     assert slower["pays_back_in_default_run"] == {"cold": False, "warm": False}
-

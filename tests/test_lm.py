@@ -229,10 +229,14 @@ def test_one_command_runs_the_tiny_lm_study_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     runs = pd.read_csv(res / "lm_runs.csv")
     assert sorted(runs.label.unique()) == ["kvshift 2L llama", "vanilla 2L llama", "vanilla 4L babygpt"]
-    assert len(runs) == 5 and (runs.train_tokens > 0).all()
+    assert len(runs) == 13 and (runs.train_tokens > 0).all()  # 2 archs × 2 seeds × (2 grid rates + 1 added) + anchor
+    lrs = pd.read_csv(res / "lm_lrs.csv").set_index(["label", "lr"])
+    assert "lr round 1: 4 runs" in r.stdout and "lr round 2" not in r.stdout  # 3e-2 added; 1e-1 is past tiny's bound
+    assert lrs.loc[("kvshift 2L llama", 0.03), "seeds"] == lrs.loc[("vanilla 2L llama", 0.03), "seeds"] == 2
     for name in ("curves.csv", "heads.csv", "alpha_beta.csv", "curves.png", "heads.png", "table4.png"):
         assert (res / f"lm_{name}").stat().st_size > 0
     prov = json.loads((res / "lm.provenance.json").read_text())
+    assert prov["adaptive_rounds_this_invocation"] == 1 and prov["adaptive_policy"]["lr_bounds"] == [1e-3, 3e-2]
     assert prov["seeds"] == [0, 1] and set(prov["verdicts"]) == {"lm_gap", "lm_induction_heads", "lm_table4"}
     report = (res / "REPORT.md").read_text()
     assert "<!-- lm -->" in report and "### lm_gap" in report and "**Verdict:" in report

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from kvshift_lens.report.lm_claims import (
-    LR, at_best_lr, find_lm_gap, find_lm_induction, find_lm_table4, flatness, lr_table, tail_drop,
+    LR, at_best_lr, find_lm_gap, find_lm_induction, find_lm_table4, flatness, lr_table, next_lrs, tail_drop,
 )
 from kvshift_lens.report.tables import QUADRANTS
 from kvshift_lens.report.verdicts import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
@@ -131,6 +131,21 @@ def test_each_arch_is_judged_at_its_lowest_mean_held_out_loss_among_rates_that_n
     assert lr_table(lr_runs({2e-3: [2.0, 2.1]}))["edge"].tolist() == ["single rate"]
     fewer = lr_table(lr_runs({1e-3: [2.0, 2.1, 2.05], 3e-3: [1.0]}))  # a rate with one finished seed never wins
     assert fewer.loc[fewer["best"], "lr"].tolist() == [1e-3]
+
+
+@pytest.mark.parametrize("rates, diverged, added", [
+    ({1e-3: [2.0, 2.1], 3e-3: [1.8, 1.9], 1e-2: [1.5, 1.6]}, (), {3e-2}),  # best at the top: one rate above
+    ({1e-3: [1.5, 1.6], 3e-3: [1.8, 1.9], 1e-2: [2.0, 2.1]}, (), {3e-4}),  # best at the bottom: one rate below
+    ({1e-3: [2.0, 2.1], 3e-3: [1.5, 1.6], 1e-2: [2.0, 2.1]}, (), set()),  # interior: nothing to add
+    ({3e-3: [2.0, 2.1], 1e-2: [1.8, 1.9], 3e-2: [1.5, 1.6]}, (3e-2,), set()),  # the top rate diverged: stop
+    ({1e-2: [2.0, 2.1], 3e-2: [1.8, 1.9], 1e-1: [1.5, 1.6]}, (), set()),  # 3e-1 is past the bound 1e-1
+    ({3e-3: [2.0, 2.1]}, (), set()),  # a single rate is the grid as written
+], ids=["top-edge", "bottom-edge", "interior", "diverged", "bound", "single"])
+def test_an_edge_best_rate_adds_the_next_half_decade_rate_for_both_archs_of_its_size(rates, diverged, added):
+    runs = pd.concat([lr_runs(rates, diverged=diverged, label="kvshift 2L llama"),
+                      lr_runs({lr: [2.5 + 0.1 * (i != 1)] * 2 for i, lr in enumerate(rates)},
+                              label="vanilla 2L llama")])  # vanilla's best rate is interior (or its only one)
+    assert next_lrs(lr_table(runs)) == ({"2L llama": added} if added else {})
 
 
 def test_the_lr_table_read_back_from_csv_names_no_edge_for_an_interior_best(tmp_path):

@@ -119,7 +119,6 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     raise _mismatch(tp, value, where)
 
 
-
 def describe(tp: Any) -> str:
     """What annotation `tp` accepts, in words ("an integer", "true or false", ...)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)

@@ -80,7 +80,7 @@ def job_with(job: Sequence[str], key: str, value: object) -> list[str]:
     return out + [f"{key}={value}"]
 
 
-def _lr_text(lr: float) -> str:
+def lr_text(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
@@ -275,12 +275,12 @@ def lr_table(runs: pd.DataFrame, cell_keys: Sequence[str], a: Adaptive = Adaptiv
         elif decision == FIXED:
             texts.append(f"{side}: fixed grid")
         elif decision == STOP_DIVERGED:
-            texts.append(f"{side}: diverged at {_lr_text(at)}")
+            texts.append(f"{side}: diverged at {lr_text(at)}")
         elif decision == BOUND:
-            texts.append(f"{side}: bound {_lr_text(half_decade(at, r.edge))}")
+            texts.append(f"{side}: bound {lr_text(half_decade(at, r.edge))}")
         else:
             texts.append(f"{side}: not yet extended")
-    return edges.assign(lrs_tried=[" ".join(_lr_text(x) for x in lrs) for lrs in edges["lrs"]],
+    return edges.assign(lrs_tried=[" ".join(lr_text(x) for x in lrs) for lrs in edges["lrs"]],
                         lr_edge=texts).drop(columns=["lrs", "diverged_lrs", "edge"])
 
 
@@ -307,7 +307,7 @@ def plan_lrs(runs: pd.DataFrame, cell_keys: Sequence[str], arm_keys: Sequence[st
             if (cell_seed, round(lr, 12)) in tried or (cell_seed, lr) in seen:
                 continue
             seen.add((cell_seed, lr))
-            rows.append({"job": job_with(r["grid_job"], a.lr_key, _lr_text(lr)), "reason": f"lr edge: {_lr_text(lr)}",
+            rows.append({"job": job_with(r["grid_job"], a.lr_key, lr_text(lr)), "reason": f"lr edge: {lr_text(lr)}",
                          "run": None, "from": None, "to": None})
     return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 

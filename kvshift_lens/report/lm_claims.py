@@ -28,7 +28,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from kvshift_lens.training import sweeps
 from kvshift_lens.training.runs import load_heads, load_summaries
+from kvshift_lens.report.adaptive import EXTEND, Adaptive, job_with, lr_decision, lr_text, override_value
 from kvshift_lens.report.claims import PAPER_TABLE4, Finding, find_table4, overall
 from kvshift_lens.report.stats import diff_ci, discordant_test, fmt_ci, fmt_p, group_mean_ci, mean_ci
 from kvshift_lens.report.tables import QUADRANTS, at_progress, curves_table, n_params, quadrant
@@ -114,6 +116,42 @@ def at_best_lr(frame: pd.DataFrame, runs: pd.DataFrame, lrs: pd.DataFrame) -> pd
     """The rows of `frame` (any table with `run`) that belong to runs at their label's best learning rate."""
     best = runs.merge(lrs.loc[lrs["best"], ["label", "lr"]].rename(columns={"lr": LR}), on=["label", LR])
     return frame[frame["run"].isin(set(best["run"]))]
+
+
+def next_lrs(lrs: pd.DataFrame, a: Adaptive = Adaptive(cap=1)) -> dict[str, set[float]]:
+    """Per size and variant ("2L llama"): the rates to add, from an `lr_table` — for a label whose best rate sits at
+    an edge, the next half-decade rate beyond it (`adaptive.lr_decision`: within `a.lr_bounds`, not past a rate that
+    diverged), for every arch of that size and variant alike."""
+    new: dict[str, set[float]] = {}
+    for _, best in lrs[lrs["best"]].iterrows():
+        rates = lrs[lrs["label"] == best["label"]]
+        edge = {"highest rate tried": 1, "lowest rate tried": -1}.get(best["edge"], 0)
+        decision, rate = lr_decision(rates["lr"], edge, rates.loc[rates["diverged"] > 0, "lr"], a)
+        if decision == EXTEND:
+            new.setdefault(best["label"].split(" ", 1)[1], set()).add(rate)
+    return new
+
+
+def plan_lrs(sweep_dir: Path, jobs: Sequence[Sequence[str]], a: Adaptive = Adaptive(cap=1)) -> list[list[str]]:
+    """The jobs of the study's next learning-rate round, read from the runs of `jobs` under `sweep_dir`: the rates
+    `next_lrs` adds, for every seed of every arch of the size and variant, each job once and never one already tried;
+    empty when every best rate is interior or bounded (what `sweeps.train_rounds` asks for before each round)."""
+    grid = {sweeps.base_identity(j): list(j) for j in jobs}
+    dirs = sweeps.runs_of_jobs(sweep_dir, jobs)
+    runs = lm_runs(dirs, sweep_dir)
+    if runs.empty:
+        return []
+    new = next_lrs(lr_table(runs), a)
+    tried = {(sweeps.base_identity(job), float(override_value(job, LR) or "nan"))
+             for job in map(sweeps.job_overrides, dirs)}
+    plan = []
+    for _, r in runs.iterrows():
+        base = sweeps.base_identity(sweeps.job_overrides(sweep_dir / r["run"]))
+        for rate in sorted(new.get(r["label"].split(" ", 1)[1], ())):
+            job = job_with(grid[base], LR, lr_text(rate))
+            if (base, rate) not in tried and job not in plan:
+                plan.append(job)
+    return plan
 
 
 def tail_drop(curves: pd.DataFrame, tail: float = TAIL) -> pd.DataFrame:

@@ -10,8 +10,10 @@ command to resume`), leaves no stub run directory and exits 130. Pure Python: no
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -87,19 +89,32 @@ def hydra_error_line(e: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
         if cause.full_key in LEGACY_FIELDS:
             return f"{cause.full_key} is a legacy field (before the mixers); use {LEGACY_FIELDS[cause.full_key]}"
-        return f"{cause.full_key} is not a config field: check its spelling (`--cfg job` prints the config)"
+        return f"{cause.full_key} is not a config field: {spelling_hint(cause)}"
     lines = []
     for line in str(e).splitlines():
         if line.startswith(("Config search path", "Available options")):
             break
         if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
             lines.append(line.strip())
-    message = " ".join(lines) or type(e).__name__
+    message = re.sub(r"^In '[^'/]+': ", "", " ".join(lines)) or type(e).__name__  # 'In <primary config>' says nothing
+    bare = re.match(r"Error parsing override '([^']+)' missing EQUAL at '<EOF>'", message)
+    if bare:  # `train.steps` alone
+        message = f"override '{bare[1]}' has no value: write {bare[1]}=<value>"
     if isinstance(e, OmegaConfBaseException) and e.full_key:
         message += f" (resolving {e.full_key})"
     if isinstance(e, MissingConfigException) and e.options:
         message += f"; available: {', '.join(e.options)}"
     return message
+
+
+def spelling_hint(error: OmegaConfBaseException) -> str:
+    """`did you mean <key>?` for the closest field beside an unknown key, else where to find the fields."""
+    parent = getattr(error, "parent_node", None)
+    close = difflib.get_close_matches(str(error.key), [str(k) for k in parent] if isinstance(parent, DictConfig) else [],
+                                      n=1)
+    if not close:
+        return "check its spelling (`--cfg job` prints the config)"
+    return f"did you mean {'.'.join([*str(error.full_key).split('.')[:-1], close[0]])}?"
 
 
 def guard_job(run_dir: Path, work: Callable[[], T], *, config: Any = None, in_sweep: bool = False,

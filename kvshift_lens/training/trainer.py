@@ -194,7 +194,7 @@ def train(
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(model_cfg.seed)
     eval_gen = torch.Generator().manual_seed(model_cfg.seed + 7_919)  # disjoint held-out stream
-    eval_batches = [_to(b, device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
+    eval_batches = [b.to(device) for b in task.held_out(cfg.eval_size, cfg.batch_size, eval_gen)]
     columns = METRIC_COLUMNS + list(task.metric_names)
     ckpt_steps = set(checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.checkpoint_every))
     step, train_seconds, rows, recent = 0, 0.0, [], []
@@ -255,7 +255,7 @@ def train(
     try:  # Ctrl-C: the CLI prints one line naming the step; a rerun resumes from the rolling resume.pt
         while step < cfg.steps and not reached_stop():
             t0 = time.perf_counter()
-            loss_value = train_step(model, forward, opt, _to(task.sample(cfg.batch_size, data_gen), device), step,
+            loss_value = train_step(model, forward, opt, task.sample(cfg.batch_size, data_gen).to(device), step,
                                     cfg, interventions)
             if not math.isfinite(loss_value):  # nothing was updated: the last checkpoints stay finite
                 write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
@@ -323,7 +323,3 @@ def summarize(rows: list[dict], threshold: float = 0.9) -> dict:
         "steps_to_90": int(hit["step"]) if hit else None,
         "seconds_to_90": float(hit["train_seconds"]) if hit else None,
     }
-
-
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(t.to(device) for t in batch)) if device.type != "cpu" else batch

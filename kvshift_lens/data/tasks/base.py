@@ -39,6 +39,10 @@ class Batch(NamedTuple):
     tokens: Tensor  # [batch, seq] int64
     mask: Tensor  # [batch, seq] bool; True at t when tokens[:, t + 1] is scored
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (itself on the CPU, where sampling happens)."""
+        return Batch(*(t.to(device) for t in self)) if device.type != "cpu" else self
+
 
 class Task(ABC):
     """A next-token task; `sample` is a pure function of the generator state.

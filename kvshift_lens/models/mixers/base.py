@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from kvshift_lens.core.registry import Registry
 
 
-
 class ModelShape(Protocol):
     """The fields of a `ModelConfig` a mixer reads to size its modules. A protocol, so mixers sit below
     the model config that names them (the config imports the mixer registry, never the reverse)."""
