@@ -168,7 +168,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, record: dict) -> d
         f"![heatmaps]({paths['heatmaps'].name})", "",
         "### Frontier width (smallest d_model where ≥ 2/3 seeds succeed at their best lr)", "",
         md_table(frontiers[["arch", "n_layers", "n_heads", "seq_len", "text", "frontier_status", "min_width",
-                            "max_width"]]), "",
+                            "max_width"]]), "", phase.monotone_line(status), "",
         "### Sequence length", "",
         md_table(trends.astype({"seq_len": str, "frontiers": str})) if len(trends) else "No length sweep in this profile.",
         "", f"![length]({paths['length_png'].name})", "",

@@ -98,6 +98,25 @@ def test_tables_hold_only_configurations_that_were_trained_and_medians_censor_se
     assert np.isnan(km.loc[("vanilla", 2), 8])  # no seed reached it: no median, not the median of the successes
 
 
+def status_rows(outcomes: dict[int, str]) -> pd.DataFrame:
+    return pd.DataFrame([{"arch": "kvshift", "n_layers": 1, "n_heads": 1, "seq_len": 16, "d_model": d, "n_seeds": 3,
+                          "n_success": 3 if o == SUCCESS else 1, "n_failure": 2 if o == FAILURE else 0,
+                          "n_censored": 2 if o == CENSORED else 0, "status": o} for d, o in outcomes.items()])
+
+
+@pytest.mark.parametrize("outcomes, shown", [
+    ({8: CENSORED, 16: SUCCESS, 32: SUCCESS}, True),
+    ({8: SUCCESS, 16: CENSORED, 32: SUCCESS}, False),  # censored above the narrowest success: not shown
+    ({8: SUCCESS, 16: FAILURE, 32: SUCCESS}, False),  # failed above it: evidence against
+    ({8: CENSORED, 16: FAILURE}, True),  # no success: nothing to contradict
+])
+def test_the_monotone_line_names_every_cell_above_the_narrowest_success_that_did_not_succeed(outcomes, shown):
+    line = phase.monotone_line(status_rows(outcomes))
+    assert line.startswith("Every trained width") == shown
+    if not shown:
+        assert "d_model 16: " in line and "d_model 32" not in line
+
+
 def expected_params(arch: str, n_layers: int, d: int, heads: int, d_head: int, vocab: int, ctx: int) -> tuple[int, int]:
     """Attention-only, layernorm, learned positions, biased Q/K/V/O, bias-free unembedding."""
     embed = vocab * d + ctx * d + vocab * d

@@ -148,6 +148,13 @@ def test_monotonicity_violations_list_failures_above_a_success():
     assert list(zip(got.fam, got.d)) == [("a", 16)]
 
 
+def test_censored_cells_above_a_success_are_listed_only_when_asked():
+    status = pd.DataFrame({"fam": ["a"] * 4, "d": [8, 16, 32, 64], "status": [CENSORED, SUCCESS, CENSORED, FAILURE]})
+    assert list(monotonicity_violations(status, ["fam"], "d").d) == [64]
+    assert list(monotonicity_violations(status, ["fam"], "d", (FAILURE, CENSORED)).d) == [32, 64]
+    assert monotonicity_violations(status.assign(status=CENSORED), ["fam"], "d", (FAILURE, CENSORED)).empty
+
+
 def test_an_unknown_search_mode_is_refused():
     with pytest.raises(ValueError, match="search='halving'"):
         plan_round(grid_jobs(["a"]), outcomes(grid_jobs(["a"]).iloc[:0], {}), ["fam"], "d", P, "halving")

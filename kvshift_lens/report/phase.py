@@ -26,6 +26,7 @@ from kvshift_lens.report.protocol import (
     run_outcomes,
 )
 from kvshift_lens.report.multiplicity import combined
+from kvshift_lens.report.search import monotonicity_violations
 from kvshift_lens.report.stats import discordant_test, fmt_p, km_median, logrank_test, proportion_ci
 from kvshift_lens.report.verdicts import (
     ALPHA, CENSORED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, one_sided_outcome,
@@ -98,6 +99,18 @@ def status(cell_table: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFr
 def frontiers(status_table: pd.DataFrame) -> pd.DataFrame:
     """Frontier width per family (`protocol.frontier` over d_model)."""
     return frontier(status_table, FAMILY, "d_model")
+
+
+def monotone_line(status_table: pd.DataFrame) -> str:
+    """Where success was not shown monotone in width: cells above a family's narrowest success that did not succeed
+    (failed: evidence against monotonicity; censored: not yet decided), with their seed counts."""
+    odd = monotonicity_violations(status_table, FAMILY, "d_model", ("failure", CENSORED))
+    if odd.empty:
+        return "Every trained width above a family's narrowest success also succeeds (success monotone in width)."
+    return ("**Not shown monotone in width** (cells above a family's narrowest success that did not succeed; the "
+            "frontier is the narrowest success): " + "; ".join(
+                f"{r.arch} {r.n_layers}L {r.n_heads}h seq {r.seq_len} d_model {r.d_model}: {r.status} "
+                f"({r.n_success}/{r.n_seeds} succeed, {r.n_censored} censored)" for r in odd.itertuples()) + ".")
 
 
 def length_trends(frontier_table: pd.DataFrame) -> pd.DataFrame:

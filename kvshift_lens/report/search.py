@@ -116,14 +116,17 @@ def plan_round(jobs: pd.DataFrame, runs: pd.DataFrame, family: Sequence[str], wi
     return jobs.loc[chosen]
 
 
-def monotonicity_violations(status: pd.DataFrame, family: Sequence[str], width: str) -> pd.DataFrame:
-    """`protocol.cell_status` rows of a family that failed (plateaued) at a width above one where it succeeded:
-    evidence that success is not monotone in width (empty when none was seen; the width scan does not assume it)."""
+def monotonicity_violations(status: pd.DataFrame, family: Sequence[str], width: str,
+                             outcomes: Sequence[str] = ("failure",)) -> pd.DataFrame:
+    """`protocol.cell_status` rows of a family whose status is one of `outcomes` at a width above one where it
+    succeeded: failed (plateaued) cells there are evidence that success is not monotone in width; with censored
+    ones too, the widths where monotonicity is not *shown* (empty when none was seen; the width scan does not
+    assume it)."""
     rows = []
     for _, g in status.groupby(list(family), sort=False, dropna=False):
         ok = g.loc[g["status"] == SUCCESS, width].astype(float)
         if len(ok):
-            rows.append(g[(g["status"] == "failure") & (g[width].astype(float) > ok.min())])
+            rows.append(g[g["status"].isin(list(outcomes)) & (g[width].astype(float) > ok.min())])
     return pd.concat(rows) if rows else status.iloc[:0]
 
 
