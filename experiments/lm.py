@@ -60,7 +60,8 @@ def section(findings: dict, runs: pd.DataFrame, lrs: pd.DataFrame, spec: dict, r
              "While a best rate sits at an end of the rates tried, the next half-decade rate beyond it is trained for "
              "both architectures of that size (bounds "
              f"{' … '.join(adaptive.lr_text(x) for x in record['adaptive_policy']['lr_bounds'] or ()) or 'none: the grid as written'}"
-             "; a rate where a run diverged ends the widening). `edge` names a best rate still at an end.", "",
+             "; no architecture is trained past a rate where one of its runs diverged). `edge` names a best rate still at "
+             "an end.", "",
              md_table(lrs.rename(columns={"final_eval_loss": "final held-out loss", "lo": "95 % lo", "hi": "95 % hi"})),
              "", "### Anchor: nanoGPT's baby GPT", "", *lm.anchor_lines(runs), "",
              "The corpora differ: nanoGPT's tinyshakespeare is ~1.1 MB of selected plays split 90/10 by position (its "

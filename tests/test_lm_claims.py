@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+
+from kvshift_lens.report import lm_claims
 
 from kvshift_lens.report.lm_claims import (
     LR, at_best_lr, find_lm_gap, find_lm_induction, find_lm_table4, flatness, lr_table, next_lrs, tail_drop,
@@ -146,6 +151,48 @@ def test_an_edge_best_rate_adds_the_next_half_decade_rate_for_both_archs_of_its_
                       lr_runs({lr: [2.5 + 0.1 * (i != 1)] * 2 for i, lr in enumerate(rates)},
                               label="vanilla 2L llama")])  # vanilla's best rate is interior (or its only one)
     assert next_lrs(lr_table(runs)) == ({"2L llama": added} if added else {})
+
+
+def test_lr_rounds_add_the_rate_for_both_archs_resume_killed_runs_and_stop_past_divergence_and_bounds(tmp_path,
+                                                                                                      monkeypatch):
+    """`plan_lrs` on run directories of a study replicated at seed offset 10 (lm_runs stubbed: final losses given)."""
+    table = {}  # run -> (label, lr, final loss, status)
+
+    def add(model: str, lr: str, seed: int, loss: float, status: str = "completed") -> None:
+        job = [f"model={model}", f"seed={seed}", "+experiment=lm", f"train.lr={lr}"]
+        d = tmp_path / model / f"lr{lr}" / f"seed{seed}"
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*job, f"out_dir={tmp_path}"]))
+        (d / "config.json").write_text("{}")
+        (d / "metrics.csv").write_text("step\n0\n")
+        if status != "incomplete":
+            (d / "summary.json").write_text(json.dumps({"status": status}))
+        table[str(d.relative_to(tmp_path))] = (f"{model.split('_')[0]} 2L llama", float(lr), loss, status)
+
+    def lm_runs(dirs, root):
+        rows = [dict(zip(["label", LR, "final_eval_loss", "status"], table[str(d.relative_to(root))]),
+                     run=str(d.relative_to(root))) for d in dirs]
+        return pd.DataFrame(rows).query("status in ['completed', 'diverged']")
+
+    monkeypatch.setattr(lm_claims, "lm_runs", lm_runs)
+    grid = [[f"model={m}", f"seed={s}", "+experiment=lm", f"train.lr={lr}"]
+            for m in ("vanilla_lm", "kvshift_lm") for s in (10, 11) for lr in ("1e-3", "3e-3", "1e-2")]
+    for m, losses in (("vanilla_lm", (2.0, 1.8, 1.9)), ("kvshift_lm", (2.0, 1.8, 1.7))):  # kvshift: best at the top
+        for s in (10, 11):
+            for lr, loss in zip(("1e-3", "3e-3", "1e-2"), losses):
+                add(m, lr, s, loss)
+    plan = lm_claims.plan_lrs(tmp_path, grid)
+    assert sorted(map(tuple, plan)) == sorted((f"model={m}", f"seed={s}", "+experiment=lm", "train.lr=3e-2")
+                                              for m in ("vanilla_lm", "kvshift_lm") for s in (10, 11))
+    add("kvshift_lm", "3e-2", 10, 1.6), add("kvshift_lm", "3e-2", 11, 1.6)  # still best at the top
+    add("vanilla_lm", "3e-2", 10, 9.0, "diverged"), add("vanilla_lm", "3e-2", 11, 9.0, "incomplete")  # killed
+    plan = lm_claims.plan_lrs(tmp_path, grid)
+    assert plan[0] == ["model=vanilla_lm", "seed=11", "+experiment=lm", "train.lr=3e-2"]  # resumed first
+    assert plan[1:] == [["model=kvshift_lm", f"seed={s}", "+experiment=lm", "train.lr=1e-1"] for s in (10, 11)]
+    (tmp_path / "vanilla_lm" / "lr3e-2" / "seed11" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    table["vanilla_lm/lr3e-2/seed11"] = ("vanilla 2L llama", 0.03, 2.5, "completed")
+    add("kvshift_lm", "1e-1", 10, 1.5), add("kvshift_lm", "1e-1", 11, 1.5)  # best at 1e-1: 3e-1 is past the bound
+    assert lm_claims.plan_lrs(tmp_path, grid) == []
 
 
 def test_the_lr_table_read_back_from_csv_names_no_edge_for_an_interior_best(tmp_path):

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from kvshift_lens.training import sweeps
-from kvshift_lens.training.runs import load_heads, load_summaries
+from kvshift_lens.training.runs import load_heads, load_summaries, run_status
 from kvshift_lens.report.adaptive import EXTEND, Adaptive, job_with, lr_decision, lr_text, override_value
 from kvshift_lens.report.claims import PAPER_TABLE4, Finding, find_table4, overall
 from kvshift_lens.report.stats import diff_ci, discordant_test, fmt_ci, fmt_p, group_mean_ci, mean_ci
@@ -120,8 +120,8 @@ def at_best_lr(frame: pd.DataFrame, runs: pd.DataFrame, lrs: pd.DataFrame) -> pd
 
 def next_lrs(lrs: pd.DataFrame, a: Adaptive = Adaptive(cap=1)) -> dict[str, set[float]]:
     """Per size and variant ("2L llama"): the rates to add, from an `lr_table` — for a label whose best rate sits at
-    an edge, the next half-decade rate beyond it (`adaptive.lr_decision`: within `a.lr_bounds`, not past a rate that
-    diverged), for every arch of that size and variant alike."""
+    an edge, the next half-decade rate beyond it (`adaptive.lr_decision`, within `a.lr_bounds`), for every arch of
+    that size and variant alike (`plan_lrs` skips an arch past a rate where it diverged)."""
     new: dict[str, set[float]] = {}
     for _, best in lrs[lrs["best"]].iterrows():
         rates = lrs[lrs["label"] == best["label"]]
@@ -133,23 +133,31 @@ def next_lrs(lrs: pd.DataFrame, a: Adaptive = Adaptive(cap=1)) -> dict[str, set[
 
 
 def plan_lrs(sweep_dir: Path, jobs: Sequence[Sequence[str]], a: Adaptive = Adaptive(cap=1)) -> list[list[str]]:
-    """The jobs of the study's next learning-rate round, read from the runs of `jobs` under `sweep_dir`: the rates
-    `next_lrs` adds, for every seed of every arch of the size and variant, each job once and never one already tried;
-    empty when every best rate is interior or bounded (what `sweeps.train_rounds` asks for before each round)."""
+    """The jobs of the study's next learning-rate round, read from the runs of `jobs` under `sweep_dir`: first every
+    added-rate run left unfinished (killed: rerunning resumes it), then the rates `next_lrs` adds, for every seed of
+    every arch of the size and variant, each job once, never one already run to an end, and never for an arch past
+    a rate where it diverged; empty when every best rate is interior or bounded (what `sweeps.train_rounds` asks for
+    before each round)."""
     grid = {sweeps.base_identity(j): list(j) for j in jobs}
-    dirs = sweeps.runs_of_jobs(sweep_dir, jobs)
-    runs = lm_runs(dirs, sweep_dir)
+    grid_jobs = {sweeps.identity(j) for j in jobs}
+    recorded = {d: [o for o in sweeps.job_overrides(d) if o.split("=", 1)[0] not in sweeps.VOLATILE]
+                for d in sweeps.runs_of_jobs(sweep_dir, jobs, failed=True)}
+    ended = [d for d in recorded if run_status(d) != "incomplete"]
+    plan = [job for d, job in recorded.items() if d not in ended and sweeps.identity(job) not in grid_jobs]
+    runs = lm_runs(ended, sweep_dir)
     if runs.empty:
-        return []
-    new = next_lrs(lr_table(runs), a)
-    tried = {(sweeps.base_identity(job), float(override_value(job, LR) or "nan"))
-             for job in map(sweeps.job_overrides, dirs)}
-    plan = []
+        return plan
+    table = lr_table(runs)
+    new = next_lrs(table, a)
+    tried = {(sweeps.base_identity(recorded[d]), float(override_value(recorded[d], LR) or "nan")) for d in ended}
     for _, r in runs.iterrows():
-        base = sweeps.base_identity(sweeps.job_overrides(sweep_dir / r["run"]))
+        base = sweeps.base_identity(recorded[sweep_dir / r["run"]])
+        own = table[table["label"] == r["label"]]
+        diverged = own.loc[own["diverged"] > 0, "lr"]
         for rate in sorted(new.get(r["label"].split(" ", 1)[1], ())):
+            past = ((diverged <= rate) & (rate > own["lr"].max())) | ((diverged >= rate) & (rate < own["lr"].min()))
             job = job_with(grid[base], LR, lr_text(rate))
-            if (base, rate) not in tried and job not in plan:
+            if (base, rate) not in tried and not past.any() and job not in plan:
                 plan.append(job)
     return plan
 

@@ -105,12 +105,15 @@ def monotone_line(status_table: pd.DataFrame) -> str:
     """Where success was not shown monotone in width: cells above a family's narrowest success that did not succeed
     (failed: evidence against monotonicity; censored: not yet decided), with their seed counts."""
     odd = monotonicity_violations(status_table, FAMILY, "d_model", ("failure", CENSORED))
+    if not (status_table["status"] == SUCCESS).any():
+        return "No cell succeeded: monotonicity in width has nothing to compare."
     if odd.empty:
         return "Every trained width above a family's narrowest success also succeeds (success monotone in width)."
     return ("**Not shown monotone in width** (cells above a family's narrowest success that did not succeed; the "
             "frontier is the narrowest success): " + "; ".join(
                 f"{r.arch} {r.n_layers}L {r.n_heads}h seq {r.seq_len} d_model {r.d_model}: {r.status} "
-                f"({r.n_success}/{r.n_seeds} succeed, {r.n_censored} censored)" for r in odd.itertuples()) + ".")
+                f"({r.n_success}/{r.n_seeds} succeed, {r.n_failure} failed, {r.n_censored} censored)"
+                for r in odd.itertuples()) + ".")
 
 
 def length_trends(frontier_table: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ ERROR_FILE = "error.txt"  # first line: the one-line error; then the traceback o
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 GROUPS = ("model", "task", "train")
+PRIMARY_CONFIGS = ("train", "detect")  # conf/<name>.yaml of the entry points: "In 'train': ..." names no culprit
 LEGACY_FIELDS = {  # model fields before the mixers (kvshift_lens.models.config.LEGACY_FIELDS) -> what replaced them
     "model.arch": "model/mixer=none (vanilla) or model/mixer=kv_shift (kvshift), or any other mixer; model.arch is "
                   "derived from the mixer",
@@ -96,7 +97,7 @@ def hydra_error_line(e: BaseException) -> str:
             break
         if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
             lines.append(line.strip())
-    message = re.sub(r"^In '[^'/]+': ", "", " ".join(lines)) or type(e).__name__  # 'In <primary config>' says nothing
+    message = re.sub(rf"^In '({'|'.join(PRIMARY_CONFIGS)})': ", "", " ".join(lines)) or type(e).__name__
     bare = re.match(r"Error parsing override '([^']+)' missing EQUAL at '<EOF>'", message)
     if bare:  # `train.steps` alone
         message = f"override '{bare[1]}' has no value: write {bare[1]}=<value>"

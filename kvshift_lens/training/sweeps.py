@@ -246,13 +246,15 @@ def job_overrides(run_dir: Path) -> list[str]:
     return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []
 
 
-def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]]) -> list[Path]:
+def runs_of_jobs(sweep_dir: Path, jobs: Sequence[Sequence[str]], failed: bool = False) -> list[Path]:
     """Run directories under `sweep_dir` whose recorded overrides are one of `jobs` (out_dir aside), at whatever
-    budget and learning rate adaptive rounds trained it to (`base_identity`)."""
+    budget and learning rate adaptive rounds trained it to (`base_identity`); with `failed`, also the runs that failed
+    before their first evaluation (`runs.find_runs`)."""
     from kvshift_lens.training.runs import find_runs
 
     wanted = {base_identity(j) for j in jobs}
-    return [d for d in find_runs(sweep_dir) if base_identity(job_overrides(d)) in wanted] if sweep_dir.exists() else []
+    return [d for d in find_runs(sweep_dir, failed=failed) if base_identity(job_overrides(d)) in wanted] \
+        if sweep_dir.exists() else []
 
 
 def sweep_command(experiment: Optional[str], out_dir: Path, launcher: str = "local_parallel",

@@ -39,9 +39,10 @@ class Batch(NamedTuple):
     tokens: Tensor  # [batch, seq] int64
     mask: Tensor  # [batch, seq] bool; True at t when tokens[:, t + 1] is scored
 
-    def to(self, device: torch.device) -> Batch:
-        """The batch on `device` (itself on the CPU, where sampling happens)."""
-        return Batch(*(t.to(device) for t in self)) if device.type != "cpu" else self
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (itself when every tensor is already there, as sampled batches are on the CPU)."""
+        device = torch.device(device)
+        return self if all(t.device == device for t in self) else Batch(*(t.to(device) for t in self))
 
 
 class Task(ABC):
