@@ -48,6 +48,8 @@ def test_gap_rule_reads_the_paired_interval_over_seeds(gaps, outcome):
     c = curves(gaps)
     f = find_lm_gap(c, runs_of(c))
     assert f.verdict.outcome == outcome and f.parts[0][1].outcome == outcome
+    exact = "exact sign-flip test p = 0.125 (distribution-free; the smallest p it can give at n=3 is 0.125)"
+    assert (exact in f.parts[0][1].evidence) == (outcome == REPRODUCED)  # three positive gaps: the test's floor
 
 
 def test_gap_rule_says_whether_the_gap_closes_and_combines_sizes():

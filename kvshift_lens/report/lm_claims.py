@@ -32,7 +32,9 @@ from kvshift_lens.training import sweeps
 from kvshift_lens.training.runs import load_heads, load_summaries, run_status
 from kvshift_lens.report.adaptive import EXTEND, Adaptive, job_with, lr_decision, lr_text, override_value
 from kvshift_lens.report.claims import PAPER_TABLE4, Finding, find_table4, overall
-from kvshift_lens.report.stats import diff_ci, discordant_test, fmt_ci, fmt_p, group_mean_ci, mean_ci
+from kvshift_lens.report.stats import (
+    diff_ci, discordant_test, fmt_ci, fmt_p, group_mean_ci, mean_ci, signflip_test,
+)
 from kvshift_lens.report.tables import QUADRANTS, at_progress, curves_table, n_params, quadrant
 from kvshift_lens.report.verdicts import (
     ALPHA, CENSORED, FAILURE, NOT_REPRODUCED, SUCCESS, Verdict, effect_outcome, learns_outcome, one_sided_outcome,
@@ -363,6 +365,8 @@ def find_lm_gap(curves: pd.DataFrame, runs: pd.DataFrame, lrs: Optional[pd.DataF
                                     "(unbounded) above 0, each arch at its best learning rate; not reproduced if below 0",
                                     "vanilla with the same seed and data order, at its own best learning rate",
                                     [f"gap {fmt_ci(last['mean'], last['lo'], last['hi'], 3)} nats, n={int(last['n'])}",
+                                     f"exact sign-flip test {fmt_p(signflip_test(gap))} (distribution-free; the "
+                                     f"smallest p it can give at n={len(gap)} is {0.5 ** len(gap):.3g})",
                                      *arch_lines],
                                     p=float(p_claim), p_reverse=float(p_rev) if outcome == NOT_REPRODUCED else np.nan)))
     notes = []
