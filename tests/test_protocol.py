@@ -302,6 +302,16 @@ def test_only_discordant_pairs_enter_the_exact_test():
         S.discordant_test([True], [True, False])
 
 
+def test_paired_ordering_of_censored_times_decides_only_what_the_censoring_allows():
+    a_first, b_first = S.sooner_in_pairs([100, 500, 300, 2000, 400, 700], [True, True, True, False, True, False],
+                                         [200, 200, 2000, 2000, 400, 500], [True, True, False, False, False, True])
+    # a sooner; b sooner; a before b's censoring; both censored; a's event at b's censoring; b before a's censoring
+    assert a_first.tolist() == [True, False, True, False, True, False]
+    assert b_first.tolist() == [False, True, False, False, False, True]
+    late_a, _ = S.sooner_in_pairs([900], [True], [400], [False])  # b censored before a's event: undecided
+    assert not late_a.any()
+
+
 def test_logrank_treats_runs_that_never_reach_the_threshold_as_censored():
     fast = S.logrank_test([100, 150, 200, 250], [True] * 4, [900, 1000, 2000, 2000], [True, True, False, False])
     slow = S.logrank_test([900, 1000, 2000, 2000], [True, True, False, False], [100, 150, 200, 250], [True] * 4)

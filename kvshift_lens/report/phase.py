@@ -27,7 +27,9 @@ from kvshift_lens.report.protocol import (
 )
 from kvshift_lens.report.multiplicity import combined
 from kvshift_lens.report.search import monotonicity_violations
-from kvshift_lens.report.stats import discordant_test, fmt_p, km_median, logrank_test, proportion_ci
+from kvshift_lens.report.stats import (
+    discordant_test, fmt_p, km_median, logrank_test, proportion_ci, sooner_in_pairs,
+)
 from kvshift_lens.report.verdicts import (
     ALPHA, CENSORED, INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, SUCCESS, Verdict, one_sided_outcome,
 )
@@ -190,6 +192,7 @@ def compare_models(cell_table: pd.DataFrame, a: tuple[str, int], b: tuple[str, i
     less = discordant_test(decided.a_outcome == SUCCESS, decided.b_outcome == SUCCESS, "less")
     sooner = logrank_test(pairs.a_time, pairs.a_event, pairs.b_time, pairs.b_event, "a_sooner")
     later = logrank_test(pairs.a_time, pairs.a_event, pairs.b_time, pairs.b_event, "a_later")
+    order = discordant_test(*sooner_in_pairs(pairs.a_time, pairs.a_event, pairs.b_time, pairs.b_event), "greater")
     baseline = f"{name_b}, paired by width, heads, length and seed"
     return [
         (f"{name_a} succeeds more often than {name_b}", Verdict(
@@ -203,7 +206,11 @@ def compare_models(cell_table: pd.DataFrame, a: tuple[str, int], b: tuple[str, i
             f"censored at their budget), one-sided at {ALPHA}; the matched runs pooled, not stratified by pair",
             baseline,
             [f"events {sooner.events_a}/{sooner.n_a} vs {sooner.events_b}/{sooner.n_b}; {name_a} sooner: "
-             f"{fmt_p(sooner.p)}, later: {fmt_p(later.p)}"], p=sooner.p, p_reverse=later.p)),
+             f"{fmt_p(sooner.p)}, later: {fmt_p(later.p)}",
+             f"paired ordering (evidence only, not the declared test): {name_a} first in {order.a_only} pairs, "
+             f"{name_b} first in {order.b_only}, undecided {len(pairs) - order.a_only - order.b_only} (ties, or "
+             f"censoring before the other's event); exact sign test {name_a} first: {fmt_p(order.p)}"],
+            p=sooner.p, p_reverse=later.p)),
     ]
 
 

@@ -175,6 +175,18 @@ def discordant_test(a: Sequence[bool], b: Sequence[bool], alternative: str = "gr
     return DiscordantTest(a_only, b_only, int((a & b).sum()), int((~a & ~b).sum()), p, alternative)
 
 
+def sooner_in_pairs(time_a: Sequence[float], event_a: Sequence[bool], time_b: Sequence[float],
+                    event_b: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of right-censored times (Gehan's pairwise ordering): whether a reached the event strictly before b
+    had (b reached it later or was still without it at a's time), and the same for b; a pair with neither is
+    undecided (a tie, both censored, or one censored before the other's event)."""
+    ta, tb = np.asarray(time_a, dtype=float), np.asarray(time_b, dtype=float)
+    ea, eb = np.asarray(event_a, dtype=bool), np.asarray(event_b, dtype=bool)
+    a_first = ea & ((ta < tb) | ((ta == tb) & ~eb))
+    b_first = eb & ((tb < ta) | ((ta == tb) & ~ea))
+    return a_first, b_first
+
+
 @dataclass(frozen=True)
 class LogrankTest:
     """Log-rank comparison of time-to-threshold; events are runs that reached it, the rest are censored."""
