@@ -40,7 +40,7 @@ PROFILES = {"cpu": ("mixers", "local_parallel"), "tiny": ("mixers_tiny", "basic"
             "cluster": ("mixers_cluster", "cluster_slurm"),
             "powered": ("mixers_powered", "local_parallel")}  # profile -> (experiment file, launcher)
 ADAPTIVE = {"cpu": adaptive.OFF, "powered": adaptive.Adaptive(cap=8), "cluster": adaptive.Adaptive(cap=8),
-            "tiny": adaptive.OFF}  # quick (cpu): no adaptive rounds, it already takes ~65 minutes
+            "tiny": adaptive.OFF}  # quick (cpu): no adaptive rounds, it already takes 60-65 minutes
 KV = {"model/mixer": "kv_shift", "model.n_layers": "1", "model.mixer.sides": ""}
 CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none", "model.n_layers": "1"}, KV,
                               ["task", "model.d_model"]),

@@ -40,7 +40,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f"error: no *_verdicts.csv in {[str(s) for s in sources] or 'runs/**/seed_offset_K/results'}; "
                          "run the studies with seed_offset=K first")
     committed = replication.read_verdicts(sorted(args.results_dir.glob("*_verdicts.csv")))
-    command = f"python -m experiments.replication seed_offset={args.seed_offset}"
+    command = f"python -m experiments.replication seed_offset={args.seed_offset}" + (
+        " --from " + " ".join(str(Path(d).resolve().relative_to(ROOT)) if Path(d).resolve().is_relative_to(ROOT)
+                              else str(d) for d in args.sources) if args.sources else "")
     paths = replication.write_replication(args.results_dir, committed, fresh, args.seed_offset, command)
     splice_section(args.results_dir / "REPORT.md", "replication", paths["md"].read_text())
     print("\n".join(f"wrote {p}" for p in paths.values()))

@@ -44,6 +44,18 @@ def test_table_compares_only_the_studies_rerun_and_lists_fragile_verdicts(tmp_pa
     assert "0 of 2 decisive verdicts replicated" in text and "Fragile: phase_diagram — depth" in text
 
 
+def test_the_table_command_names_the_folders_it_read(tmp_path):
+    from experiments import replication as cli
+
+    (tmp_path / "results").mkdir()
+    R.write_verdicts(tmp_path / "results" / "lm_verdicts.csv", _rows("lm", {"gap": "reproduced"}))
+    R.write_verdicts(tmp_path / "fresh" / "lm_verdicts.csv", _rows("lm", {"gap": "reproduced"}))
+    cli.main(["seed_offset=7", "--from", str(tmp_path / "fresh"), "--results-dir", str(tmp_path / "results")])
+    text = (tmp_path / "results" / "replication.md").read_text()
+    assert f"`python -m experiments.replication seed_offset=7 --from {tmp_path / 'fresh'}`" in text
+    assert "| lm      | gap     | part a | reproduced  | reproduced    | replicated |" in text
+
+
 def test_seed_offset_shifts_every_jobs_seed_and_lands_in_its_own_folders(tmp_path):
     spec = sweeps.with_seed_offset(sweeps.experiment_spec("phase_diagram_tiny"), 7)
     seeds = {o for j in sweeps.expand_jobs(spec) for o in j if o.startswith("seed=")}
