@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from kvshift_lens.report import adaptive, markdown, replication  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
@@ -48,7 +49,7 @@ CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none"
                               ["task", "model.d_model"])]
 
 
-def scan_round(spec: dict, jobs, sweep_dir: Path) -> list:
+def scan_round(spec: dict, jobs: pd.DataFrame, sweep_dir: Path) -> list[list[str]]:
     """The width scan's next jobs (`report.search.plan_round` over the finished runs; a job that failed with an error
     is not retried), for `sweeps.train_rounds`."""
     runnable = jobs.drop(family.failed_jobs(sweep_dir, jobs))

@@ -71,6 +71,13 @@ def test_seed_offset_shifts_every_jobs_seed_and_lands_in_its_own_folders(tmp_pat
     assert sweeps.study_dirs(plain, tmp_path, None) == (tmp_path.resolve(), committed.resolve())
 
 
+def test_the_tiny_profile_never_writes_into_the_committed_results(tmp_path):
+    tiny = sweeps.parse_study_args(sweeps.study_parser("x", {"cpu": 0, "tiny": 0}, tmp_path), ["--profile", "tiny"])
+    assert sweeps.study_dirs(tiny, tmp_path, None) == (tmp_path.resolve(), (tmp_path / "tiny_results").resolve())
+    with pytest.raises(SystemExit, match="--profile tiny"):
+        sweeps.study_dirs(tiny, tmp_path, Path(sweeps.ROOT / "results"))
+
+
 def test_a_seed_offset_study_trains_and_writes_outside_results(tmp_path):
     from experiments import phase_diagram
 

@@ -66,14 +66,17 @@ def parse_study_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[st
 def study_dirs(args: argparse.Namespace, out_dir: Path, results_dir: Optional[Path]) -> tuple[Path, Path]:
     """(run folder, results folder) of a study invocation. With a seed offset K both move to
     `<out_dir>/seed_offset_K[/results]`, so a replication never mixes with, or overwrites, the committed runs and
-    results; an explicit results folder equal to results/ is refused."""
+    results; the tiny (pipeline-test) profile writes its outputs to `<out_dir>/tiny_results`. For either, an explicit
+    results folder equal to results/ is refused."""
     offset = getattr(args, "seed_offset", 0) or 0
-    if not offset:
+    tiny = getattr(args, "profile", None) == "tiny"
+    if not offset and not tiny:
         return out_dir.resolve(), (results_dir or ROOT / "results").resolve()
-    runs = (out_dir / f"seed_offset_{offset}").resolve()
-    results = (results_dir or runs / "results").resolve()
+    runs = (out_dir / f"seed_offset_{offset}").resolve() if offset else out_dir.resolve()
+    results = (results_dir or (runs / "results" if offset else runs / "tiny_results")).resolve()
     if results == (ROOT / "results").resolve():
-        raise SystemExit(f"error: seed_offset={offset} must not write into {results} (the committed results); "
+        what = f"seed_offset={offset}" if offset else "--profile tiny (numbers meaningless)"
+        raise SystemExit(f"error: {what} must not write into {results} (the committed results); "
                          "pick another --results-dir")
     return runs, results
 
