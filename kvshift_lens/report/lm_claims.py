@@ -120,6 +120,11 @@ def at_best_lr(frame: pd.DataFrame, runs: pd.DataFrame, lrs: pd.DataFrame) -> pd
     return frame[frame["run"].isin(set(best["run"]))]
 
 
+def size_of(label: str) -> str:
+    """The size and variant a label names, without its arch ("kvshift 2L llama" -> "2L llama")."""
+    return label.split(" ", 1)[1]
+
+
 def next_lrs(lrs: pd.DataFrame, a: Adaptive = Adaptive(cap=1)) -> dict[str, set[float]]:
     """Per size and variant ("2L llama"): the rates to add, from an `lr_table` — for a label whose best rate sits at
     an edge, the next half-decade rate beyond it (`adaptive.lr_decision`, within `a.lr_bounds`), for every arch of
@@ -130,7 +135,7 @@ def next_lrs(lrs: pd.DataFrame, a: Adaptive = Adaptive(cap=1)) -> dict[str, set[
         edge = {"highest rate tried": 1, "lowest rate tried": -1}.get(best["edge"], 0)
         decision, rate = lr_decision(rates["lr"], edge, rates.loc[rates["diverged"] > 0, "lr"], a)
         if decision == EXTEND:
-            new.setdefault(best["label"].split(" ", 1)[1], set()).add(rate)
+            new.setdefault(size_of(best["label"]), set()).add(rate)
     return new
 
 
@@ -156,7 +161,7 @@ def plan_lrs(sweep_dir: Path, jobs: Sequence[Sequence[str]], a: Adaptive = Adapt
         base = sweeps.base_identity(recorded[sweep_dir / r["run"]])
         own = table[table["label"] == r["label"]]
         diverged = own.loc[own["diverged"] > 0, "lr"]
-        for rate in sorted(new.get(r["label"].split(" ", 1)[1], ())):
+        for rate in sorted(new.get(size_of(r["label"]), ())):
             past = ((diverged <= rate) & (rate > own["lr"].max())) | ((diverged >= rate) & (rate < own["lr"].min()))
             job = job_with(grid[base], LR, lr_text(rate))
             if (base, rate) not in tried and not past.any() and job not in plan:

@@ -106,9 +106,9 @@ def frontiers(status_table: pd.DataFrame) -> pd.DataFrame:
 def monotone_line(status_table: pd.DataFrame) -> str:
     """Where success was not shown monotone in width: cells above a family's narrowest success that did not succeed
     (failed: evidence against monotonicity; censored: not yet decided), with their seed counts."""
-    odd = monotonicity_violations(status_table, FAMILY, "d_model", ("failure", CENSORED))
     if not (status_table["status"] == SUCCESS).any():
         return "No cell succeeded: monotonicity in width has nothing to compare."
+    odd = monotonicity_violations(status_table, FAMILY, "d_model", ("failure", CENSORED))
     if odd.empty:
         return "Every trained width above a family's narrowest success also succeeds (success monotone in width)."
     return ("**Not shown monotone in width** (cells above a family's narrowest success that did not succeed; the "

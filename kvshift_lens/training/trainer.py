@@ -258,8 +258,9 @@ def train(
             loss_value = train_step(model, forward, opt, task.sample(cfg.batch_size, data_gen).to(device), step,
                                     cfg, interventions)
             if not math.isfinite(loss_value):  # nothing was updated: the last checkpoints stay finite
-                write_summary("diverged", f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
-                raise TrainingDiverged(f"diverged at step {step + 1} (loss {loss_value}): lower train.lr")
+                message = f"diverged at step {step + 1} (loss {loss_value}): lower train.lr"
+                write_summary("diverged", message)
+                raise TrainingDiverged(message)
             step += 1
             recent = (recent + [loss_value])[-cfg.eval_every:]
             train_seconds += time.perf_counter() - t0
