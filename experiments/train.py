@@ -70,7 +70,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> float:
     if run.detect:
         summary = analyze_run(run_dir)
     acc = summary["final_induction_acc"]
-    print(f"{run_dir}: induction_acc={acc:.3f} steps_to_90={summary['steps_to_90']} "
+    print(f"{run_dir}: held-out acc={acc:.3f} steps_to_90={summary['steps_to_90']} "
           f"train_seconds={summary['train_seconds']:.1f}")
     return acc
 

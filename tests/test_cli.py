@@ -120,6 +120,14 @@ def test_bad_input_gets_one_line_naming_the_value_and_leaves_nothing_on_disk(bad
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
 
 
+def test_a_sweep_over_an_unknown_preset_gets_one_line_and_leaves_no_sweep_directory(tmp_path):
+    r = cli("-m", *TINY, "model=vanilla_1l,nonexistent", out=tmp_path / "runs")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Could not find 'model/nonexistent'" in lines[0], r.stderr
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert not (tmp_path / "runs" / "sweeps").exists()
+
+
 @pytest.mark.numerics
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_metrics(tmp_path):
     # The step whose loss first turns non-finite is float rounding (4 on one AVX-512 CPU, 3 on an AVX2 one): it is

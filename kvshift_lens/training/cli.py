@@ -77,6 +77,8 @@ def hydra_entry(main: Callable[[], Any]) -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # jobs never raise: these are Hydra's
+        if _SWEEP_STARTED:  # a multirun that failed composing its jobs (`model=a,nosuch`) leaves no stub sweep
+            drop_if_empty(*_SWEEP_STARTED, stub=lambda p: p.name == "multirun.yaml")
         fail(hydra_error_line(e))
     except KeyboardInterrupt as e:  # a sweep's launcher process (its jobs stop silently), or while Hydra starts
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:  # before the job: no stub left
@@ -189,10 +191,14 @@ def raw_groups(config: Any) -> dict:
     return {g: data.get(g) for g in GROUPS if isinstance(data.get(g), dict)}
 
 
-def drop_if_empty(run_dir: Path, root: Optional[Path] = None) -> None:
-    """Remove a run directory holding only what Hydra wrote before the job ran, and its empty parents
-    strictly below `root`."""
-    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+def _hydra_stub(path: Path) -> bool:
+    return path.name == ".hydra" or path.suffix == ".log"
+
+
+def drop_if_empty(run_dir: Path, root: Optional[Path] = None, stub: Callable[[Path], bool] = _hydra_stub) -> None:
+    """Remove a run (or sweep) directory holding only what Hydra wrote before any job ran (`stub` entries), and its
+    empty parents strictly below `root`."""
+    if not run_dir.is_dir() or not all(stub(p) for p in run_dir.iterdir()):
         return
     shutil.rmtree(run_dir)
     if root is None:
@@ -218,14 +224,21 @@ def sweep_failures(sweep_dir: Path, before: Optional[dict[Path, int]] = None) ->
     return [(p.parent, read_failure(p.parent) or "") for p in sorted(found)]
 
 
+_SWEEP_STARTED: list = []  # [sweep dir, out_dir root] of a multirun whose sweep dir did not exist before it started
+
+
 class SweepFailureReport(Callback):
-    """After a multirun: `<run dir>: <error>` on stderr for each job that failed, then exit status 1."""
+    """After a multirun: `<run dir>: <error>` on stderr for each job that failed, then exit status 1. At its start it
+    notes a new sweep directory, so `hydra_entry` removes it if the sweep fails before any job ran."""
 
     def __init__(self) -> None:
         self.before: dict[Path, int] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.before = error_files(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            _SWEEP_STARTED[:] = [sweep_dir, Path(str(config.get("out_dir", sweep_dir.parent)))]
+        self.before = error_files(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = sweep_failures(Path(config.hydra.sweep.dir), self.before)
