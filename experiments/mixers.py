@@ -71,7 +71,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict
     if runs.empty:
         raise SystemExit(f"error: no finished runs of {spec['experiment']} under {sweep_dir}; run without --skip-train")
     cells = family.cells(runs)
-    grid = jobs[family.WIDTH].astype(float).unique()
+    grid = family.job_grids(jobs)
     fam = family.families(cells, grid)
     heads = family.head_table(sweep_dir, family.runs_to_analyse(cells, fam))
     fragile = robustness(lambda p: family.judge(curves, sweep_dir, grid, heads, p), family.PROTOCOL)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from experiments import theory  # noqa: E402
 from kvshift_lens.training import provenance, sweeps  # noqa: E402
-from kvshift_lens.report import adaptive  # noqa: E402
+from kvshift_lens.report import adaptive, powered  # noqa: E402
 from kvshift_lens.report import claims as C  # noqa: E402
 from kvshift_lens.report import replication  # noqa: E402
 from kvshift_lens.report import figures as P  # noqa: E402
@@ -234,6 +234,10 @@ def write_report(out: Path, findings: dict[str, C.Finding], spec: dict, meta: di
                   f"resume with `{meta['command']} --only {','.join(missing)}`:", "", *[f"- {n}" for n in missing]]
     path = out / "REPORT.md"
     kept = spliced_sections(path)  # sections of other commands (phase diagram, theory, mixers, lm) survive a rewrite
+    if section := powered.section(out):  # recomputed in its place: it compares the powered verdicts with these
+        kept[powered.FOLDER] = "\n".join(section)
+    else:
+        kept.pop(powered.FOLDER, None)
     if (out / PHASE_SECTION).exists():
         kept["phase_diagram"] = (out / PHASE_SECTION).read_text()
     path.write_text("\n".join(lines) + "\n")
@@ -322,11 +326,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             "wall_seconds": time.perf_counter() - started, "draw_only": args.draw_only, "load_before": load_before,
             "load_after": provenance.load_average(), "cpu_count": provenance.environment()["cpu_count"]}
     missing = [n for n in FIGURES if figure_grids(n, spec) and n not in findings]
-    report = write_report(out, findings, spec, meta, missing)
     write_adaptive(out, sweep_dir, spec, grids, policy)
     replication.write_verdicts(out / "reproduce_verdicts.csv", replication.verdict_rows(
         "reproduce", [(n, f.verdict, f.parts) for n, f in findings.items()]))
+    report = write_report(out, findings, spec, meta, missing)  # after the verdicts: its powered section reads them
     theory.write_outputs(out)  # the theorem constructions: seconds, no training
+    if args.profile == "powered" and out.name == powered.FOLDER and (section := powered.section(out.parent)):
+        splice_section(out.parent / "REPORT.md", powered.FOLDER, "\n".join(section))  # beside the quick verdicts
     print(f"wrote {len(findings)} figure(s) and {report} in {meta['wall_seconds']:.0f} s")
     return 1 if failed else 0
 

@@ -70,15 +70,19 @@ def thread_lock_for_bars() -> None:
 def hydra_entry(main: Callable[[], Any]) -> None:
     """Call a `@hydra.main` function; Hydra's own errors (unknown preset, override grammar, unknown key)
     become one line and exit status 2, Ctrl-C one line and 130. `HYDRA_FULL_ERROR=1` keeps Hydra's tracebacks."""
+    _SWEEP_STARTED.clear()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        main()
+        try:
+            main()
+        except (HydraException, OmegaConfBaseException, ValueError):
+            drop_stub_sweep()
+            raise
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then re-raises instead of printing a multi-line report
     try:
         main()
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # jobs never raise: these are Hydra's
-        if _SWEEP_STARTED:  # a multirun that failed composing its jobs (`model=a,nosuch`) leaves no stub sweep
-            drop_if_empty(*_SWEEP_STARTED, stub=lambda p: p.name == "multirun.yaml")
+        drop_stub_sweep()
         fail(hydra_error_line(e))
     except KeyboardInterrupt as e:  # a sweep's launcher process (its jobs stop silently), or while Hydra starts
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:  # before the job: no stub left
@@ -227,6 +231,14 @@ def sweep_failures(sweep_dir: Path, before: Optional[dict[Path, int]] = None) ->
 _SWEEP_STARTED: list = []  # [sweep dir, out_dir root] of a multirun whose sweep dir did not exist before it started
 
 
+def drop_stub_sweep() -> None:
+    """After a multirun failed composing its jobs (`model=a,nosuch`): remove the sweep directory it created if it
+    holds only Hydra's multirun.yaml."""
+    if _SWEEP_STARTED:
+        drop_if_empty(*_SWEEP_STARTED, stub=lambda p: p.name == "multirun.yaml")
+        _SWEEP_STARTED.clear()
+
+
 class SweepFailureReport(Callback):
     """After a multirun: `<run dir>: <error>` on stderr for each job that failed, then exit status 1. At its start it
     notes a new sweep directory, so `hydra_entry` removes it if the sweep fails before any job ran."""
@@ -241,6 +253,7 @@ class SweepFailureReport(Callback):
         self.before = error_files(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _SWEEP_STARTED.clear()  # the jobs ran: the sweep directory is no stub
         failed = sweep_failures(Path(config.hydra.sweep.dir), self.before)
         for run_dir, error in failed:
             print(f"{run_dir}: {error}", file=sys.stderr)
