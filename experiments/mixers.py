@@ -41,7 +41,7 @@ PROFILES = {"cpu": ("mixers", "local_parallel"), "tiny": ("mixers_tiny", "basic"
             "cluster": ("mixers_cluster", "cluster_slurm"),
             "powered": ("mixers_powered", "local_parallel")}  # profile -> (experiment file, launcher)
 ADAPTIVE = {"cpu": adaptive.OFF, "powered": adaptive.Adaptive(cap=8), "cluster": adaptive.Adaptive(cap=8),
-            "tiny": adaptive.OFF}  # quick (cpu): no adaptive rounds, it already takes 60-65 minutes
+            "tiny": adaptive.OFF}  # cpu: no adaptive rounds (a quick profile)
 KV = {"model/mixer": "kv_shift", "model.n_layers": "1", "model.mixer.sides": ""}
 CANNOT = [adaptive.CannotRule("one vanilla layer cannot", {"model/mixer": "none", "model.n_layers": "1"}, KV,
                               ["task", "model.d_model"]),
@@ -71,7 +71,7 @@ def write_outputs(sweep_dir: Path, results: Path, spec: dict, jobs, record: dict
     if runs.empty:
         raise SystemExit(f"error: no finished runs of {spec['experiment']} under {sweep_dir}; run without --skip-train")
     cells = family.cells(runs)
-    grid = family.job_grids(jobs)
+    grid = jobs[family.WIDTH].astype(float).unique()
     fam = family.families(cells, grid)
     heads = family.head_table(sweep_dir, family.runs_to_analyse(cells, fam))
     fragile = robustness(lambda p: family.judge(curves, sweep_dir, grid, heads, p), family.PROTOCOL)

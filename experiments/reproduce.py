@@ -330,9 +330,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     replication.write_verdicts(out / "reproduce_verdicts.csv", replication.verdict_rows(
         "reproduce", [(n, f.verdict, f.parts) for n, f in findings.items()]))
     report = write_report(out, findings, spec, meta, missing)  # after the verdicts: its powered section reads them
-    theory.write_outputs(out)  # the theorem constructions: seconds, no training
-    if args.profile == "powered" and out.name == powered.FOLDER and (section := powered.section(out.parent)):
-        splice_section(out.parent / "REPORT.md", powered.FOLDER, "\n".join(section))  # beside the quick verdicts
+    if args.profile == "powered" and out.name == powered.FOLDER:  # results/powered: listed beside the quick verdicts
+        if section := powered.section(out.parent):
+            splice_section(out.parent / "REPORT.md", powered.FOLDER, "\n".join(section))
+    else:
+        theory.write_outputs(out)  # the theorem constructions (seconds, no training); results/ has them already
     print(f"wrote {len(findings)} figure(s) and {report} in {meta['wall_seconds']:.0f} s")
     return 1 if failed else 0
 

@@ -170,20 +170,6 @@ def test_families_judge_learning_at_the_frontier_and_failure_at_the_widest_width
     assert grid.loc["kv_shift", 8] == "2/3" and grid.loc["vanilla 1L", 8] == ""
 
 
-def test_a_control_whose_grid_is_one_width_is_judged_over_that_width_only():
-    jobs = pd.DataFrame([{"task": "induction", "model/mixer": m, "model.mixer.sides": "", "model.n_layers": "1",
-                          F.WIDTH: str(w)} for m, widths in (("kv_shift", (4, 8, 64)), ("none", (64,))) for w in widths])
-    grids = F.job_grids(jobs)
-    assert grids[("induction", "none", "", 1)] == [64.0] and grids[("induction", "kv_shift", "", 1)] == [4.0, 8.0, 64.0]
-    cells = cell_rows({("induction", "kv_shift", 8): ["success"] * 3, ("induction", "kv_shift", 4): ["failure"] * 3,
-                       ("induction", "vanilla 1L", 64): ["failure"] * 3})
-    cells["model/mixer"] = cells["arm"].map({"kv_shift": "kv_shift", "vanilla 1L": "none"})
-    cells["model.n_layers"] = 1
-    fam = F.families(cells, grids).set_index("arm")
-    assert fam.loc["vanilla 1L", "text"] == "> 64" and fam.loc["vanilla 1L", "cannot_learn"] == REPRODUCED
-    assert fam.loc["kv_shift", "text"] == "8"
-
-
 def test_mechanism_summary_averages_path_fractions_only_over_heads_that_attend_the_target():
     # per run its most target-attending head; a head that misses the target has a ~0 logit margin, so its
     # fractions (e.g. 14.8) say nothing and must not move the mean

@@ -36,6 +36,6 @@ def test_the_section_names_the_command_the_budgets_and_the_changed_verdicts(tmp_
     text = "\n".join(powered.section(tmp_path))
     assert "--profile powered --runs runs/reproduce/quick --only fig1a_depth --out results/powered" in text
     assert "1 of 3 verdicts differ" in text
-    assert "fig1a: one vanilla layer: judged at 3,200 steps (needs ≥ 1,000: 4× the 250 steps" in text
+    assert "fig1a: one vanilla layer: budget met: its failed runs trained ≥ 3,200 steps (needs ≥ 1,000: 4× the 250" in text
     assert "fig8: shift v only: not judged: the learner never reached the threshold" in text
     assert f"| fig1a_depth | 1L vanilla cannot | {INCONCLUSIVE} | **{NOT_REPRODUCED}** |" in text

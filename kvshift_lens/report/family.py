@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -134,23 +134,16 @@ def status(cell_table: pd.DataFrame, protocol: Protocol = PROTOCOL) -> pd.DataFr
     return cell_status(cell_table, [*FAMILY, WIDTH], protocol)
 
 
-def job_grids(jobs: pd.DataFrame) -> dict[tuple, list[float]]:
-    """Per family (a FAMILY tuple, typed as in `cells`), the widths of its jobs: a control trained at one width is
-    judged over that width, not over the other arms' grid."""
-    typed_jobs = jobs.assign(**{"model.n_layers": jobs["model.n_layers"].astype(int), WIDTH: jobs[WIDTH].astype(float)})
-    return {key: sorted(g[WIDTH].unique()) for key, g in typed_jobs.groupby(FAMILY, sort=False, dropna=False)}
-
-
-def families(cell_table: pd.DataFrame, grid: Sequence[float] | Mapping[tuple, Sequence[float]],
-             protocol: Protocol = PROTOCOL) -> pd.DataFrame:
-    """One row per family: `arm`, reach, frontier over the width `grid` (one for all, or per family: `job_grids`;
-    `search.searched_frontier`: frontier, frontier_status, lo, hi, text),
+def families(cell_table: pd.DataFrame, grid: Sequence[float], protocol: Protocol = PROTOCOL) -> pd.DataFrame:
+    """One row per family: `arm`, reach, frontier over the width `grid` (`search.searched_frontier`: frontier,
+    frontier_status, lo, hi, text),
     the widest width trained with its seeds' outcomes and mean best accuracy, and the rule inputs `learns`
     (`verdicts.learns_outcome` at the frontier, or at the widest width when there is none) and `cannot_learn`
     (`verdicts.cannot_learn_outcome` at the widest width)."""
+    front = searched_frontier(status(cell_table, protocol), FAMILY, WIDTH, grid)
     rows = []
     for key, g in cell_table.groupby(FAMILY, sort=False, dropna=False):
-        f = searched_frontier(status(g, protocol), FAMILY, WIDTH, grid[key] if isinstance(grid, Mapping) else grid).iloc[0]
+        f = front[(front[FAMILY] == pd.Series(dict(zip(FAMILY, key)))).all(axis=1)].iloc[0]
         widest = g[g[WIDTH] == g[WIDTH].max()]
         at = g[g[WIDTH] == f["frontier"]] if f["frontier"] == f["frontier"] else widest
         outcomes = list(widest["outcome"])
@@ -310,7 +303,7 @@ def verdicts(fam: pd.DataFrame, heads: pd.DataFrame) -> list[tuple[str, Verdict]
     return out
 
 
-def judge(curves: pd.DataFrame, sweep_dir: Path, grid: Sequence[float] | Mapping[tuple, Sequence[float]], heads: pd.DataFrame,
+def judge(curves: pd.DataFrame, sweep_dir: Path, grid: Sequence[float], heads: pd.DataFrame,
           protocol: Protocol = PROTOCOL) -> dict[str, Verdict]:
     """Every verdict of the study (`verdicts`, by claim) from its learning curves under `protocol`: what
     `report.robustness` recomputes (the mechanism verdicts read `heads`, which no threshold changes)."""
