@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sweeps.add_seed_offset(parser)
+    sweeps.add_seed_offset(parser, help="the offset K the studies were rerun with (their seed_offset_K results)")
     parser.add_argument("--from", dest="sources", nargs="+", type=Path, default=None, metavar="DIR",
                         help="results folders of the rerun studies (default: runs/**/seed_offset_K/results)")
     parser.add_argument("--results-dir", type=Path, default=ROOT / "results", help="the committed verdicts")

@@ -1,4 +1,4 @@
-"""Reproduce the paper's figures: `python -m experiments.reproduce [--profile quick|full|tiny] [--only a,b] [--out results]`.
+"""Reproduce the paper's figures: `python -m experiments.reproduce [--profile quick|powered|full|tiny] [--only a,b] [--out results]`.
 
 `seed_offset=K` (or `--seed-offset K`) trains every figure on seeds K, K+1, ... into runs/reproduce/<profile>/seed_offset_K
 (outputs in its `results/`, never in results/), for the replication table (kvshift_lens/report/replication.py).
@@ -289,7 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sweep = {}
     if not args.draw_only:
         cmd = sweeps.sweep_command(experiment, runs_root, launcher, n_jobs, only=grids, seed_offset=args.seed_offset)
-        print("$", " ".join(cmd[1:]), flush=True)
+        print("$ python", " ".join(cmd[1:]), flush=True)
         try:
             sweep = sweeps.run_sweep(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")
         except RuntimeError as e:  # the figures whose runs finished are still drawn below

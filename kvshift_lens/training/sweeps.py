@@ -47,11 +47,11 @@ def study_parser(description: str, profiles: Sequence[str], out_dir: Path) -> ar
     return parser
 
 
-def add_seed_offset(parser: argparse.ArgumentParser) -> None:
+def add_seed_offset(parser: argparse.ArgumentParser,
+                    help: str = "train every job on seed + K, into the run folder's seed_offset_K (never results/)") -> None:
     """`--seed-offset K` (also spelled `seed_offset=K`, `parse_study_args`): the study on seeds K, K+1, ... into its own
     run and results folders, for the replication table (kvshift_lens/report/replication.py)."""
-    parser.add_argument("--seed-offset", type=int, default=0, metavar="K",
-                        help="train every job on seed + K, into <out-dir>/seed_offset_K (never results/)")
+    parser.add_argument("--seed-offset", type=int, default=0, metavar="K", help=help)
 
 
 def parse_study_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -91,7 +91,7 @@ def study_launcher(args: argparse.Namespace, default: str) -> tuple[str, Optiona
 def train_study(cmd: Sequence[str], sweep_dir: Path, log: Path) -> None:
     """One study multirun (`sweep_command`), echoed. A failed or diverged job is recorded in its run directory and
     the failure reported in one line; the study goes on to its outputs from the runs that finished."""
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$ python", " ".join(cmd[1:]), flush=True)
     try:
         run_sweep(cmd, sweep_dir, log)
     except RuntimeError as e:
