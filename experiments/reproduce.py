@@ -289,11 +289,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sweep = {}
     if not args.draw_only:
         cmd = sweeps.sweep_command(experiment, runs_root, launcher, n_jobs, only=grids, seed_offset=args.seed_offset)
-        print("$ python", " ".join(cmd[1:]), flush=True)
-        try:
-            sweep = sweeps.run_sweep(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")
-        except RuntimeError as e:  # the figures whose runs finished are still drawn below
-            print(f"error: {e}", file=sys.stderr)
+        sweep = sweeps.train_study(cmd, sweep_dir, runs_root / "logs" / f"{spec['name']}.log")  # {} if it failed
         sweep["adaptive_rounds"] = sweeps.train_rounds(
             spec, lambda: adaptive.next_round(sweep_dir, spec, policy, CANNOT, grids), sweep_dir, runs_root, launcher,
             n_jobs)

@@ -38,9 +38,9 @@ def cannot_lines(cannot: pd.DataFrame) -> list[str]:
             lines.append(f"- {r.rule}: not judged: no run failed (needs ≥ {r.cannot_budget_needed:,.0f} steps)")
         else:
             lines.append(f"- {r.rule}: budget {'met' if r.cannot_judged else 'not met'}: its failed runs trained "
-                         f"≥ {r.cannot_budget:,.0f} steps (needs ≥ {r.cannot_budget_needed:,.0f}: 4× the "
-                         f"{r.positive_steps:,.0f} steps the learner needed); the verdict also needs every run failed, "
-                         "none censored")
+                         f"≥ {r.cannot_budget:,.0f} steps (needs ≥ {r.cannot_budget_needed:,.0f}: "
+                         f"{r.cannot_budget_needed / r.positive_steps:g}× the {r.positive_steps:,.0f} steps the learner "
+                         "needed); the verdict also needs every run failed, none censored")
     return lines
 
 

@@ -88,14 +88,16 @@ def study_launcher(args: argparse.Namespace, default: str) -> tuple[str, Optiona
     return launcher, args.n_jobs if args.n_jobs is not None else (2 if launcher == "local_parallel" else None)
 
 
-def train_study(cmd: Sequence[str], sweep_dir: Path, log: Path) -> None:
-    """One study multirun (`sweep_command`), echoed. A failed or diverged job is recorded in its run directory and
-    the failure reported in one line; the study goes on to its outputs from the runs that finished."""
+def train_study(cmd: Sequence[str], sweep_dir: Path, log: Path) -> dict:
+    """One study multirun (`sweep_command`), echoed; returns `run_sweep`'s history line ({} when it failed). A failed
+    or diverged job is recorded in its run directory and the failure reported in one line; the study goes on to its
+    outputs from the runs that finished."""
     print("$ python", " ".join(cmd[1:]), flush=True)
     try:
-        run_sweep(cmd, sweep_dir, log)
+        return run_sweep(cmd, sweep_dir, log)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        return {}
 
 
 def train_rounds(spec: dict, plan: Callable[[], Sequence[Sequence[str]]], sweep_dir: Path, out_dir: Path,
